@@ -1,0 +1,1 @@
+"""The apievents command line: the composition root that wires the services together."""

@@ -1,0 +1,7 @@
+"""``python -m apievents``."""
+
+import sys
+
+from apievents.cli import main
+
+sys.exit(main())

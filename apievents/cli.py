@@ -1,0 +1,247 @@
+"""The ``apievents`` command: schema, WatchTables, subscriptions, and the three services."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import orjson
+import psycopg
+
+from common import db, logs, metrics, registry, subscriptions
+from common.lifecycle import Lifecycle
+from common.migrate import migrate
+from common.settings import Settings, SettingsError, add_arguments, from_namespace
+
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 1
+
+_SUB_FLAGS: list[tuple[str, str]] = [
+    ("--endpoint-url", "URL that receives the POSTs (http or https)."),
+    ("--watch-table", "Registered WatchTable to watch (see `watch-tables list`)."),
+    ("--polling-seconds", "How often to look for changes, in seconds."),
+    ("--customer-key", "Sent as the Authorization header of every POST."),
+    ("--workstation", "Sent as the Workstation header (default: the worker's name)."),
+    ("--date-time-start", "Deliver changes after this ISO 8601 time (default: now)."),
+    ("--date-time-stop", "Stop delivering at this ISO 8601 time (default: never)."),
+    ("--note", "Free text for operators."),
+    ("--secret", "Signing secret (whsec_...); stored, never printed."),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = from_namespace(args)
+    except SettingsError as e:
+        return _fail(str(e), EXIT_USAGE)
+    handler: Callable[[argparse.Namespace, Settings], int] = args.handler
+    try:
+        return handler(args, settings)
+    except (subscriptions.InputError, registry.RegistryError) as e:
+        flag = getattr(e, "flag", "")
+        return _fail(f"{flag}: {e}" if flag else str(e), EXIT_USAGE)
+    except subscriptions.NotFound as e:
+        return _fail(f"no subscription {e.args[0]}", EXIT_USAGE)
+    except psycopg.OperationalError as e:
+        return _fail(f"cannot reach the database: {logs.error_text(e)}", EXIT_UNAVAILABLE)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"apievents: error: {message}", file=sys.stderr)
+    return code
+
+
+def _print(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="apievents",
+        description="Deliver every change in watched PostgreSQL tables to webhooks.",
+        epilog="Run `apievents COMMAND --help` for a command's options and settings.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _leaf(commands, "migrate", "Create or upgrade the service's schema (idempotent).", _migrate)
+    p.add_argument(
+        "--sample-schema",
+        action="store_true",
+        help="Also create the Open Dental-shaped patient and appointment tables, "
+        "a deletion log, and register them as WatchTables.",
+    )
+
+    wt = commands.add_parser("watch-tables", help="Manage the WatchTable registry.")
+    wt_cmds = wt.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _leaf(wt_cmds, "add", "Register a table so subscriptions can watch it.", _wt_add)
+    p.add_argument("--name", required=True, help="WatchTable name, e.g. Procedure.")
+    p.add_argument("--table", required=True, help="Table, optionally schema-qualified.")
+    p.add_argument("--key-column", required=True, help="Unique key column (tie-breaker).")
+    p.add_argument(
+        "--timestamp-column",
+        required=True,
+        help="Change timestamp column, kept current by a trigger.",
+    )
+    p.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="COLUMN=JsonName",
+        help="A column to deliver and its JSON name; repeat. Default: all columns.",
+    )
+    _leaf(wt_cmds, "list", "List registered WatchTables.", _wt_list)
+    p = _leaf(wt_cmds, "remove", "Unregister a WatchTable no subscription uses.", _wt_remove)
+    p.add_argument("name", help="WatchTable name.")
+
+    sub = commands.add_parser("subscriptions", help="Manage subscriptions (JSON output).")
+    sub_cmds = sub.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _leaf(sub_cmds, "add", "Create a subscription and print it.", _sub_add)
+    _subscription_flags(p)
+    _leaf(sub_cmds, "list", "Print all subscriptions as a JSON array.", _sub_list)
+    for name, text, fn in [
+        ("show", "Print one subscription.", _sub_show),
+        ("pause", "Stop deliveries until resumed; nothing is skipped.", _sub_pause),
+        ("resume", "Re-enable a paused or disabled subscription.", _sub_resume),
+        ("remove", "Delete a subscription and print what was deleted.", _sub_remove),
+    ]:
+        _leaf(sub_cmds, name, text, fn).add_argument("num", type=int, help="SubscriptionNum.")
+    p = _leaf(sub_cmds, "update", "Change the named fields only.", _sub_update)
+    p.add_argument("num", type=int, help="SubscriptionNum.")
+    _subscription_flags(p)
+
+    for name, text in [
+        ("producer", "Run the producer: claim due subscriptions and publish jobs."),
+        ("worker", "Run a worker: deliver windows to endpoints."),
+        ("committer", "Run the committer: apply outcomes, advance DateTimeStart."),
+    ]:
+        _leaf(commands, name, text, _service).set_defaults(service=name)
+    return parser
+
+
+def _leaf(
+    parent: Any, name: str, text: str, handler: Callable[[argparse.Namespace, Settings], int]
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = parent.add_parser(name, help=text, description=text)
+    p.set_defaults(handler=handler)
+    add_arguments(p)
+    return p
+
+
+def _subscription_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("subscription fields")
+    for flag, text in _SUB_FLAGS:
+        group.add_argument(flag, default=argparse.SUPPRESS, help=text)
+
+
+def _subscription_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {c: getattr(args, c) for c in subscriptions.FIELDS if hasattr(args, c)}
+
+
+# -- handlers -----------------------------------------------------------------------------------
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    with db.connect(settings.database_url) as conn:
+        applied = migrate(conn, sample_schema=args.sample_schema)
+    _print({"applied": applied})
+    return 0
+
+
+def _wt_add(args: argparse.Namespace, settings: Settings) -> int:
+    fields = []
+    for spec in args.field:
+        column, sep, json_name = spec.partition("=")
+        if not sep:
+            raise registry.RegistryError(f"--field: expected COLUMN=JsonName, got {spec!r}")
+        fields.append((column.strip(), json_name.strip()))
+    with db.connect(settings.database_url) as conn, conn.transaction():
+        wt = registry.add(
+            conn, args.name, args.table, args.key_column, args.timestamp_column, fields
+        )
+    _print(wt.to_json())
+    return 0
+
+
+def _wt_list(args: argparse.Namespace, settings: Settings) -> int:
+    with db.connect(settings.database_url) as conn:
+        _print([wt.to_json() for wt in registry.all_tables(conn)])
+    return 0
+
+
+def _wt_remove(args: argparse.Namespace, settings: Settings) -> int:
+    with db.connect(settings.database_url) as conn, conn.transaction():
+        _print(registry.remove(conn, args.name).to_json())
+    return 0
+
+
+def _with_conn(settings: Settings, fn: Callable[[psycopg.Connection[Any]], Any]) -> int:
+    with db.connect(settings.database_url) as conn:
+        _print(fn(conn))
+    return 0
+
+
+def _sub_add(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_conn(settings, lambda c: subscriptions.create(c, _subscription_values(args)))
+
+
+def _sub_list(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_conn(settings, subscriptions.list_all)
+
+
+def _sub_show(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_conn(settings, lambda c: subscriptions.get(c, args.num))
+
+
+def _sub_update(args: argparse.Namespace, settings: Settings) -> int:
+    values = _subscription_values(args)
+    return _with_conn(settings, lambda c: subscriptions.update(c, args.num, values))
+
+
+def _sub_pause(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_conn(settings, lambda c: subscriptions.set_status(c, args.num, "paused"))
+
+
+def _sub_resume(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_conn(settings, lambda c: subscriptions.set_status(c, args.num, "active"))
+
+
+def _sub_remove(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_conn(settings, lambda c: subscriptions.remove(c, args.num))
+
+
+def _service(args: argparse.Namespace, settings: Settings) -> int:
+    from committer.service import build as build_committer
+    from producer.service import build as build_producer
+    from worker.service import build as build_worker
+
+    builders: dict[str, Callable[[Settings, Lifecycle], tuple[_Service, Callable[[], None]]]] = {
+        "producer": build_producer,
+        "worker": build_worker,
+        "committer": build_committer,
+    }
+    logs.setup(settings.log_level)
+    lifecycle = Lifecycle()
+    lifecycle.install_signals()
+    metrics.serve(settings.metrics_port)
+    service, close = builders[args.service](settings, lifecycle)
+    log = logging.getLogger("apievents")
+    log.info("started", extra={"service": args.service})
+    try:
+        service.run()
+    finally:
+        close()
+    log.info("stopped", extra={"service": args.service})
+    return 0
+
+
+class _Service(Protocol):
+    def run(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The committer: applies outcomes to subscriptions, the only writer of DateTimeStart."""

@@ -1,0 +1,1 @@
+"""What the producer, the worker and the committer share."""

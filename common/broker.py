@@ -1,0 +1,151 @@
+"""The broker seam: an explicit RabbitMQ topology, publish with confirm, consume with ack.
+
+kombu picks the transport from the URL: ``amqp://`` for RabbitMQ, ``memory://`` for unit
+tests and the all-in-one mode. Queues are durable quorum queues; messages are persistent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import amqp.exceptions
+import kombu
+import kombu.exceptions
+import psycopg
+import psycopg_pool
+from kombu import Exchange, Queue
+
+# Errors after which reconnecting may help: broker or database restarts, network trouble.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    kombu.exceptions.OperationalError,
+    amqp.exceptions.ConnectionError,
+    amqp.exceptions.RecoverableConnectionError,
+    amqp.exceptions.RecoverableChannelError,
+    psycopg.OperationalError,
+    psycopg_pool.PoolTimeout,
+)
+# Past this many deliveries a message is dead-lettered instead of crash-looping a service.
+# Nothing is lost: the window's claim expires and the producer issues it again.
+DELIVERY_LIMIT = 20
+CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Exchanges and queues, all named from one prefix."""
+
+    prefix: str
+
+    @property
+    def exchange(self) -> Exchange:
+        """Direct exchange for jobs and outcomes."""
+        return Exchange(self.prefix, type="direct", durable=True)
+
+    @property
+    def dead_exchange(self) -> Exchange:
+        """Where rejected (unparseable or poison) messages go."""
+        return Exchange(f"{self.prefix}.dead", type="fanout", durable=True)
+
+    def _queue(self, name: str, exchange: Exchange, dead_letter: bool = True) -> Queue:
+        args: dict[str, Any] = {"x-queue-type": "quorum"}
+        if dead_letter:
+            args |= {
+                "x-dead-letter-exchange": f"{self.prefix}.dead",
+                "x-delivery-limit": DELIVERY_LIMIT,
+            }
+        return Queue(
+            f"{self.prefix}.{name}",
+            exchange,
+            routing_key=name,
+            durable=True,
+            auto_delete=False,
+            queue_arguments=args,
+        )
+
+    @property
+    def jobs(self) -> Queue:
+        """Windows to deliver, consumed by workers."""
+        return self._queue("jobs", self.exchange)
+
+    @property
+    def outcomes(self) -> Queue:
+        """What workers did, consumed by the committer."""
+        return self._queue("outcomes", self.exchange)
+
+    @property
+    def dead(self) -> Queue:
+        """Dead letters, kept for an operator to inspect."""
+        return self._queue("dead", self.dead_exchange, dead_letter=False)
+
+    def queues(self) -> list[Queue]:
+        """Every queue, for declaring."""
+        return [self.jobs, self.outcomes, self.dead]
+
+
+class Broker:
+    """Connections, declarations and confirmed publishing for one topology."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.topology = Topology(prefix)
+
+    @property
+    def in_memory(self) -> bool:
+        """True for kombu's memory transport (one process, no RabbitMQ)."""
+        return self.url.startswith("memory://")
+
+    def connection(self) -> kombu.Connection:
+        """A new, connected kombu connection; raises a TRANSIENT_ERROR if the broker is down."""
+        conn = kombu.Connection(
+            self.url,
+            heartbeat=0 if self.in_memory else 30,
+            connect_timeout=10,
+            transport_options={"confirm_publish": True},
+        )
+        conn.connect()
+        self.declare(conn)
+        return conn
+
+    def declare(self, conn: kombu.Connection) -> None:
+        """Declare the topology (idempotent)."""
+        channel = conn.default_channel
+        self.topology.exchange(channel).declare()
+        self.topology.dead_exchange(channel).declare()
+        for queue in self.topology.queues():
+            queue(channel).declare()
+
+    def publisher(self, conn: kombu.Connection) -> Publisher:
+        """A publisher on its own channel of ``conn``."""
+        return Publisher(conn, self.topology)
+
+
+class Publisher:
+    """Publishes persistent messages; each call returns once the broker has confirmed it."""
+
+    def __init__(self, conn: kombu.Connection, topology: Topology) -> None:
+        self._producer = kombu.Producer(conn.channel(), exchange=topology.exchange)
+
+    def publish(self, body: bytes, routing_key: str) -> None:
+        """Publish and wait for the broker's confirm (raises if it is refused or times out)."""
+        self._producer.publish(
+            body,
+            routing_key=routing_key,
+            content_type=CONTENT_TYPE,
+            content_encoding="utf-8",
+            delivery_mode=2,
+            serializer=None,
+            timeout=10,
+        )
+
+
+def drain(conn: kombu.Connection, timeout: float) -> bool:
+    """Process broker events for up to ``timeout`` seconds; keeps heartbeats flowing."""
+    try:
+        conn.drain_events(timeout=timeout)
+        got = True
+    except TimeoutError:
+        got = False
+    conn.heartbeat_check()
+    return got

@@ -1,0 +1,50 @@
+"""Graceful shutdown and reconnect loops shared by the long-running services."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from common.broker import TRANSIENT_ERRORS
+from common.logs import error_text
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    """A stop event set by the first SIGTERM/SIGINT; a second signal exits at once."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+
+    def install_signals(self) -> None:
+        """Route SIGTERM and SIGINT here (main thread only)."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            os._exit(1)
+        self.stop.set()
+
+    def run_until_stopped(self, name: str, session: Callable[[], None]) -> None:
+        """Run ``session`` again after each transient failure, with capped backoff, until stop.
+
+        ``session`` returns normally only once stop is set and its work is handed back.
+        """
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                session()
+                delay = 0.5
+            except TRANSIENT_ERRORS as e:
+                log.warning(
+                    "reconnecting",
+                    extra={"service": name, "error": error_text(e), "retry_in": delay},
+                )
+                self.stop.wait(delay)
+                delay = min(delay * 2, 5.0)

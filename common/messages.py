@@ -1,0 +1,148 @@
+"""Typed, versioned messages between producer, worker and committer (JSON via orjson)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, ClassVar, Self
+
+import orjson
+
+VERSION = 1
+
+
+class MessageError(ValueError):
+    """A message body that cannot be parsed into the expected type."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """Deliver subscription ``subscription``'s rows with window_start < DateTStamp <= window_end."""
+
+    kind: ClassVar[str] = "job"
+    job_id: str
+    subscription: int
+    window_start: datetime
+    window_end: datetime
+    failures: int = 0
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the broker."""
+        return _dump(self.kind, asdict(self))
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> Self:
+        """Parse a broker body; raises MessageError on anything malformed."""
+        d = _load(cls.kind, body)
+        return cls(
+            job_id=_uuid(d, "job_id"),
+            subscription=_int(d, "subscription"),
+            window_start=_time(d, "window_start"),
+            window_end=_time(d, "window_end"),
+            failures=_int(d, "failures"),
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a worker did with one job: the whole window got 200 (``ok``), or where it stopped."""
+
+    kind: ClassVar[str] = "outcome"
+    job_id: str
+    holder: str
+    subscription: int
+    window_start: datetime
+    window_end: datetime
+    failures: int
+    ok: bool
+    rows: int = 0
+    batches: int = 0
+    http_status: int | None = None
+    error_class: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the broker."""
+        return _dump(self.kind, asdict(self))
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> Self:
+        """Parse a broker body; raises MessageError on anything malformed."""
+        d = _load(cls.kind, body)
+        ok = d.get("ok")
+        if not isinstance(ok, bool):
+            raise MessageError("ok: expected a boolean")
+        retry_after = d.get("retry_after")
+        if retry_after is not None and not isinstance(retry_after, int | float):
+            raise MessageError("retry_after: expected a number")
+        return cls(
+            job_id=_uuid(d, "job_id"),
+            holder=_uuid(d, "holder"),
+            subscription=_int(d, "subscription"),
+            window_start=_time(d, "window_start"),
+            window_end=_time(d, "window_end"),
+            failures=_int(d, "failures"),
+            ok=ok,
+            rows=_int(d, "rows"),
+            batches=_int(d, "batches"),
+            http_status=_int(d, "http_status") if d.get("http_status") is not None else None,
+            error_class=_opt_str(d, "error_class"),
+            error=_opt_str(d, "error"),
+            retry_after=float(retry_after) if retry_after is not None else None,
+        )
+
+
+def new_id() -> str:
+    """A fresh job or holder id."""
+    return str(uuid.uuid4())
+
+
+def _dump(kind: str, fields: dict[str, Any]) -> bytes:
+    return orjson.dumps({"v": VERSION, "type": kind, **fields})
+
+
+def _load(kind: str, body: bytes) -> dict[str, Any]:
+    try:
+        d = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise MessageError(f"not JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise MessageError("expected a JSON object")
+    if d.get("v") != VERSION or d.get("type") != kind:
+        raise MessageError(f"expected {kind} v{VERSION}, got {d.get('type')!r} v{d.get('v')!r}")
+    return d
+
+
+def _int(d: dict[str, Any], key: str) -> int:
+    v = d.get(key)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise MessageError(f"{key}: expected an integer")
+    return v
+
+
+def _opt_str(d: dict[str, Any], key: str) -> str | None:
+    v = d.get(key)
+    if v is not None and not isinstance(v, str):
+        raise MessageError(f"{key}: expected a string")
+    return v
+
+
+def _uuid(d: dict[str, Any], key: str) -> str:
+    v = d.get(key)
+    try:
+        return str(uuid.UUID(v))
+    except (TypeError, ValueError, AttributeError):
+        raise MessageError(f"{key}: expected a UUID") from None
+
+
+def _time(d: dict[str, Any], key: str) -> datetime:
+    v = d.get(key)
+    try:
+        t = datetime.fromisoformat(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise MessageError(f"{key}: expected an ISO 8601 time") from None
+    if t.tzinfo is None:
+        raise MessageError(f"{key}: time needs a UTC offset")
+    return t

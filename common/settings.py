@@ -1,0 +1,139 @@
+"""The one settings object: every field comes from ``APIEVENTS_<NAME>`` or ``--<name>``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the flag."""
+
+
+def _opt(default: Any, help_text: str) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration shared by every command. Field ``x_y`` is ``APIEVENTS_X_Y`` / ``--x-y``."""
+
+    database_url: str = _opt(
+        "postgresql://localhost:5432/apievents", "libpq URL of the office database."
+    )
+    broker_url: str = _opt(
+        "amqp://guest:guest@localhost:5672//", "AMQP URL of RabbitMQ (memory:// runs in-process)."
+    )
+    metrics_port: int = _opt(0, "Port for Prometheus /metrics; 0 disables.")
+    queue_prefix: str = _opt("apievents", "Prefix of every exchange and queue name.")
+    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR.")
+    batch_size: int = _opt(1000, "Rows per webhook POST (1 to 1000).")
+    lease_seconds: float = _opt(
+        120.0, "A claimed window is re-issued if its worker shows no progress for this long."
+    )
+    tick_seconds: float = _opt(0.25, "Producer: how often to look for due subscriptions.")
+    claim_batch: int = _opt(500, "Producer: most subscriptions claimed in one transaction.")
+    worker_concurrency: int = _opt(8, "Worker: windows delivered at once by one process.")
+    http_timeout: float = _opt(30.0, "Worker: seconds to wait for an endpoint's answer.")
+    http_connect_timeout: float = _opt(5.0, "Worker: seconds to wait for a TCP/TLS connection.")
+    sender_name: str = _opt(
+        socket.gethostname(), "Worker: Workstation header when a subscription names none."
+    )
+    retry_base_seconds: float = _opt(5.0, "First retry delay after a failed window.")
+    retry_cap_seconds: float = _opt(3600.0, "Longest retry delay after repeated failures.")
+    commit_batch: int = _opt(500, "Committer: most outcomes applied in one transaction.")
+    commit_linger_seconds: float = _opt(
+        0.05, "Committer: how long to wait for more outcomes before applying a batch."
+    )
+    shutdown_timeout: float = _opt(
+        25.0, "On SIGTERM, seconds to let in-flight work finish before handing it back."
+    )
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("batch_size", 1 <= self.batch_size <= 1000, "must be 1 to 1000"),
+            ("metrics_port", 0 <= self.metrics_port <= 65535, "must be 0 to 65535"),
+            ("worker_concurrency", self.worker_concurrency >= 1, "must be at least 1"),
+            ("claim_batch", self.claim_batch >= 1, "must be at least 1"),
+            ("commit_batch", self.commit_batch >= 1, "must be at least 1"),
+            ("log_level", self.log_level.upper() in _LEVELS, "must be one of " + "/".join(_LEVELS)),
+        ]
+        checks += [(n, getattr(self, n) > 0, "must be positive") for n in _POSITIVE]
+        for name, ok, why in checks:
+            if not ok:
+                raise SettingsError(f"--{_flag(name)}: {why}")
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Build settings from the environment, then explicit overrides (parsed flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            env = env_name(f.name)
+            if env in environ:
+                values[f.name] = _convert(f.name, f.type, environ[env])
+        for name, value in (overrides or {}).items():
+            values[name] = _convert(name, _TYPES[name], value)
+        return cls(**values)
+
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_POSITIVE = (
+    "lease_seconds",
+    "tick_seconds",
+    "http_timeout",
+    "http_connect_timeout",
+    "retry_base_seconds",
+    "retry_cap_seconds",
+    "commit_linger_seconds",
+    "shutdown_timeout",
+)
+_TYPES: dict[str, Any] = {f.name: f.type for f in dataclasses.fields(Settings)}
+
+
+def env_name(name: str) -> str:
+    """The environment variable for a settings field."""
+    return "APIEVENTS_" + name.upper()
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _convert(name: str, kind: Any, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if kind in ("int", int):
+            return int(raw)
+        if kind in ("float", float):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"--{_flag(name)} / {env_name(name)}: not a number: {raw!r}") from None
+    return raw
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per settings field; unset flags fall back to the environment."""
+    group = parser.add_argument_group("settings (each also read from its environment variable)")
+    for f in dataclasses.fields(Settings):
+        group.add_argument(
+            "--" + _flag(f.name),
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            metavar=f.name.split("_")[-1].upper(),
+            help=f"{f.metadata['help']} [{env_name(f.name)}; default {f.default}]",
+        )
+
+
+def from_namespace(ns: argparse.Namespace) -> Settings:
+    """Settings from parsed arguments plus the environment."""
+    overrides = {name: getattr(ns, name) for name in _TYPES if hasattr(ns, name)}
+    return Settings.load(overrides=overrides)

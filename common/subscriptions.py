@@ -1,0 +1,240 @@
+"""Subscriptions as operators and integrators see them: validation, storage, JSON form."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+
+from common import queries, registry
+
+# Open Dental's field name for each column an operator may set.
+FIELDS = {
+    "endpoint_url": "EndPointUrl",
+    "workstation": "Workstation",
+    "customer_key": "CustomerKey",
+    "watch_table": "WatchTable",
+    "polling_seconds": "PollingSeconds",
+    "date_time_start": "DateTimeStart",
+    "date_time_stop": "DateTimeStop",
+    "note": "Note",
+    "secret": "Secret",
+}
+_MAX_TEXT = {"workstation": 255, "customer_key": 255, "note": 4000, "secret": 255}
+
+
+class InputError(ValueError):
+    """Bad subscription input; ``column`` says which field."""
+
+    def __init__(self, column: str, message: str) -> None:
+        super().__init__(message)
+        self.column = column
+
+    @property
+    def flag(self) -> str:
+        """The CLI flag of the field."""
+        return "--" + self.column.replace("_", "-")
+
+
+class NotFound(LookupError):
+    """No subscription with that number."""
+
+
+def validate(
+    conn: psycopg.Connection[Any], values: Mapping[str, Any], *, partial: bool
+) -> dict[str, Any]:
+    """Check and normalise input; every problem is an InputError naming its field."""
+    out: dict[str, Any] = {}
+    for column, raw in values.items():
+        if column not in FIELDS:
+            raise InputError(column, "unknown field")
+        if raw is None and column not in ("date_time_start", "date_time_stop", "secret"):
+            raise InputError(column, "must not be empty")
+        out[column] = _check(conn, column, raw)
+    if not partial:
+        for column in ("endpoint_url", "watch_table", "polling_seconds"):
+            if column not in out:
+                raise InputError(column, "is required")
+    start, stop = out.get("date_time_start"), out.get("date_time_stop")
+    if start is not None and stop is not None and stop <= start:
+        raise InputError("date_time_stop", "must be after DateTimeStart")
+    return out
+
+
+def _check(conn: psycopg.Connection[Any], column: str, raw: Any) -> Any:
+    if column == "endpoint_url":
+        return check_url(str(raw))
+    if column == "watch_table":
+        try:
+            return registry.get(conn, str(raw)).name
+        except registry.RegistryError as e:
+            raise InputError(column, str(e)) from None
+    if column == "polling_seconds":
+        return _positive_int(column, raw)
+    if column in ("date_time_start", "date_time_stop"):
+        return None if raw is None else _in_db_zone(conn, parse_time(column, raw))
+    text = "" if raw is None and column != "secret" else raw
+    if text is not None and (not isinstance(text, str) or len(text) > _MAX_TEXT[column]):
+        raise InputError(column, f"must be text of at most {_MAX_TEXT[column]} characters")
+    return text
+
+
+def check_url(url: str) -> str:
+    """An absolute http(s) URL with a host; raises InputError otherwise."""
+    if len(url) > 2048 or any(c.isspace() for c in url):
+        raise InputError("endpoint_url", "must be a URL without spaces, at most 2048 characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise InputError("endpoint_url", f"is not a valid URL ({e})") from None
+    if parts.scheme not in ("http", "https"):
+        raise InputError("endpoint_url", "must start with http:// or https://")
+    host = parts.hostname or ""
+    if not host:
+        raise InputError("endpoint_url", "has no host")
+    if port == 0:
+        raise InputError("endpoint_url", "port must be 1 to 65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not all(label and len(label) < 64 for label in host.rstrip(".").split(".")):
+            raise InputError("endpoint_url", f"host {host!r} is not a valid name") from None
+    return url
+
+
+def _positive_int(column: str, raw: Any) -> int:
+    try:
+        value = int(raw) if not isinstance(raw, bool) else None
+    except (TypeError, ValueError):
+        value = None
+    if value is None or str(value) != str(raw).strip() or value <= 0 or value > 86400 * 7:
+        raise InputError(column, "must be a whole number of seconds from 1 to 604800")
+    return value
+
+
+def parse_time(column: str, raw: Any) -> datetime:
+    """ISO 8601; a time without an offset is read in the database server's time zone."""
+    if isinstance(raw, datetime):
+        return raw
+    try:
+        return datetime.fromisoformat(str(raw).strip())
+    except ValueError:
+        raise InputError(column, f"is not an ISO 8601 time: {raw!r}") from None
+
+
+def _in_db_zone(conn: psycopg.Connection[Any], t: datetime) -> datetime:
+    if t.tzinfo is not None:
+        return t
+    row = conn.execute(queries.AS_TIMESTAMPTZ, (t,)).fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+def create(conn: psycopg.Connection[Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate and insert; returns the subscription's JSON form."""
+    clean = validate(conn, values, partial=False)
+    params = dict.fromkeys(FIELDS) | {"workstation": "", "customer_key": "", "note": ""} | clean
+    row = conn.execute(queries.SUBSCRIPTION_INSERT, params).fetchone()
+    return to_json(conn, row)
+
+
+def get(conn: psycopg.Connection[Any], num: int) -> dict[str, Any]:
+    """One subscription's JSON form; NotFound if there is none."""
+    return to_json(conn, conn.execute(queries.SUBSCRIPTION_GET, (num,)).fetchone(), num)
+
+
+def list_all(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Every subscription, by number."""
+    cur = conn.execute(queries.SUBSCRIPTION_LIST)
+    return [to_json(conn, r) for r in cur.fetchall()]
+
+
+def update(conn: psycopg.Connection[Any], num: int, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Change only the named fields; drops any claim so the change takes effect at once."""
+    clean = validate(conn, values, partial=True)
+    if not clean:
+        return get(conn, num)
+    with conn.transaction():
+        current = conn.execute(queries.SUBSCRIPTION_LOCK, (num,)).fetchone()
+        if current is None:
+            raise NotFound(num)
+        start = clean.get("date_time_start", current[0])
+        stop = clean.get("date_time_stop", current[1])
+        if start is not None and stop is not None and stop <= start:
+            raise InputError("date_time_stop", "must be after DateTimeStart")
+        row = conn.execute(
+            queries.subscription_update(list(clean)), clean | {"num": num}
+        ).fetchone()
+    return to_json(conn, row, num)
+
+
+def set_status(
+    conn: psycopg.Connection[Any], num: int, status: str, reason: str | None = None
+) -> dict[str, Any]:
+    """Pause, resume (active) or disable."""
+    row = conn.execute(
+        queries.SUBSCRIPTION_SET_STATUS, {"status": status, "reason": reason, "num": num}
+    ).fetchone()
+    return to_json(conn, row, num)
+
+
+def remove(conn: psycopg.Connection[Any], num: int) -> dict[str, Any]:
+    """Delete; returns what was deleted."""
+    return to_json(conn, conn.execute(queries.SUBSCRIPTION_DELETE, (num,)).fetchone(), num)
+
+
+def to_json(
+    conn: psycopg.Connection[Any], row: Sequence[Any] | None, num: int | None = None
+) -> dict[str, Any]:
+    """Open Dental's field names, plus Status and the delivery state."""
+    if row is None:
+        raise NotFound(num)
+    (
+        sub_num,
+        url,
+        ws,
+        ck,
+        wt,
+        polling,
+        start,
+        stop,
+        note,
+        status,
+        reason,
+        last_error,
+        last_status,
+        failures,
+        next_at,
+        last_attempt,
+        last_success,
+        in_flight,
+    ) = row
+    return {
+        "SubscriptionNum": sub_num,
+        "EndPointUrl": url,
+        "Workstation": ws,
+        "CustomerKey": ck,
+        "WatchTable": wt,
+        "PollingSeconds": polling,
+        "DateTimeStart": _iso(start),
+        "DateTimeStop": _iso(stop),
+        "Note": note,
+        "Status": status,
+        "StatusReason": reason,
+        "LastError": last_error,
+        "LastHttpStatus": last_status,
+        "ConsecutiveFailures": failures,
+        "NextAttempt": _iso(next_at),
+        "LastAttempt": _iso(last_attempt),
+        "LastSuccess": _iso(last_success),
+        "InFlight": in_flight,
+    }
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat()

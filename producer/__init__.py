@@ -1,0 +1,1 @@
+"""The producer: turns each due subscription into a claimed window and a job on RabbitMQ."""

@@ -1,0 +1,34 @@
+"""Fixtures shared by the integration and acceptance layers. Missing services fail, never skip."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.receiver import Receiver
+from tests.support.services import cloned_database, queue_prefix, template_database
+
+
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    with template_database() as name:
+        yield name
+
+
+@pytest.fixture
+def database_url(template_db: str) -> Iterator[str]:
+    with cloned_database(template_db) as url:
+        yield url
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    with queue_prefix() as p:
+        yield p
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r

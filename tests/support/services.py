@@ -1,0 +1,136 @@
+"""Database, broker and pipeline fixtures' machinery, against the real servers."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import kombu
+import psycopg
+
+from common import db
+from common.broker import Broker
+from common.lifecycle import Lifecycle
+from common.migrate import migrate
+from common.settings import Settings
+
+ADMIN_URL = os.environ.get("APIEVENTS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BROKER_URL = os.environ.get("APIEVENTS_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def db_url(name: str) -> str:
+    base, _, _ = ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+def admin(sql: str) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+@contextmanager
+def template_database() -> Iterator[str]:
+    """A migrated database with the sample schema, built once per test session."""
+    name = f"apievents_tmpl_{uuid.uuid4().hex[:10]}"
+    admin(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(db_url(name), autocommit=True) as conn:
+            migrate(conn, sample_schema=True)
+        yield name
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def cloned_database(template: str) -> Iterator[str]:
+    """A fresh database for one test, cloned from the template; dropped afterwards."""
+    name = f"apievents_t_{uuid.uuid4().hex[:10]}"
+    admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield db_url(name)
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def queue_prefix() -> Iterator[str]:
+    """A unique topology prefix; its exchanges and queues are deleted afterwards."""
+    prefix = f"t.{uuid.uuid4().hex[:10]}"
+    try:
+        yield prefix
+    finally:
+        broker = Broker(BROKER_URL, prefix)
+        with kombu.Connection(BROKER_URL) as conn:
+            channel = conn.channel()
+            for q in broker.topology.queues():
+                channel.queue_delete(q.name)
+            for ex in (broker.topology.exchange, broker.topology.dead_exchange):
+                channel.exchange_delete(ex.name)
+
+
+def test_settings(database_url: str, prefix: str, **overrides: Any) -> Settings:
+    """Settings tuned for fast tests."""
+    base = Settings(
+        database_url=database_url,
+        broker_url=BROKER_URL,
+        queue_prefix=prefix,
+        tick_seconds=0.05,
+        lease_seconds=10,
+        http_timeout=2,
+        http_connect_timeout=1,
+        retry_base_seconds=0.2,
+        retry_cap_seconds=1,
+        commit_linger_seconds=0.01,
+        shutdown_timeout=5,
+        worker_concurrency=4,
+    )
+    return replace(base, **overrides)
+
+
+@dataclass
+class Pipeline:
+    """Producer, worker(s) and committer as threads of this process, each with its own stop."""
+
+    settings: Settings
+    running: dict[str, tuple[Lifecycle, threading.Thread, Callable[[], None]]] = field(
+        default_factory=dict
+    )
+
+    def start(self, name: str, kind: str | None = None) -> None:
+        from committer.service import build as committer
+        from producer.service import build as producer
+        from worker.service import build as worker
+
+        builders: dict[str, Any] = {"producer": producer, "worker": worker, "committer": committer}
+        lifecycle = Lifecycle()
+        service, close = builders[kind or name](self.settings, lifecycle)
+        thread = threading.Thread(target=service.run, name=name, daemon=True)
+        thread.start()
+        self.running[name] = (lifecycle, thread, close)
+
+    def start_all(self, workers: int = 1) -> Pipeline:
+        self.start("producer")
+        self.start("committer")
+        for i in range(workers):
+            self.start(f"worker{i}", "worker")
+        return self
+
+    def stop(self, name: str) -> None:
+        lifecycle, thread, close = self.running.pop(name)
+        lifecycle.stop.set()
+        thread.join(30)
+        assert not thread.is_alive(), f"{name} did not stop"
+        close()
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    return db.connect(url)

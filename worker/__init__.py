@@ -1,0 +1,1 @@
+"""The worker: stateless; delivers one window's batches per job and reports the outcome."""

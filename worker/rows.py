@@ -1,0 +1,53 @@
+"""Reading a window's rows in keyset pages and turning a page into JSON bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import psycopg
+
+from common import queries
+from common.registry import WatchTable
+
+
+class RowEncodingError(ValueError):
+    """A row holds a value that has no JSON form (for example bytea)."""
+
+
+def read_page(
+    conn: psycopg.Connection[Any],
+    wt: WatchTable,
+    start: datetime,
+    end: datetime,
+    after: tuple[Any, Any] | None,
+    limit: int,
+) -> list[tuple[Any, ...]]:
+    """The next ``limit`` rows of the window, after the (ts, key) position ``after``."""
+    params: dict[str, Any] = {"start": start, "end": end, "limit": limit}
+    if after is not None:
+        params["after_ts"], params["after_key"] = after
+    return conn.execute(queries.window_page(wt, first=after is None), params).fetchall()
+
+
+def position(row: Sequence[Any]) -> tuple[Any, Any]:
+    """The (timestamp, key) of a row read by read_page, for the next page's keyset condition."""
+    return row[-2], row[-1]
+
+
+def encode(wt: WatchTable, rows: Sequence[Sequence[Any]]) -> bytes:
+    """A JSON array of row objects with the WatchTable's field names (paging columns dropped)."""
+    names = wt.json_names
+    try:
+        return orjson.dumps([dict(zip(names, row, strict=False)) for row in rows], default=_extra)
+    except TypeError as e:
+        raise RowEncodingError(str(e)) from None
+
+
+def _extra(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"no JSON form for a {type(value).__name__} value")

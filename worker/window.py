@@ -1,0 +1,187 @@
+"""Delivering one window: take over the claim, then page, POST and extend the lease per batch."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from common import metrics, queries
+from common.broker import TRANSIENT_ERRORS
+from common.logs import error_text
+from common.messages import Job, Outcome, new_id
+from common.registry import WatchTable
+from worker import rows
+from worker.sender import Answer, Sender
+
+log = logging.getLogger(__name__)
+
+
+class Disposition(enum.Enum):
+    """What to do with a job message when there is no outcome to hand on."""
+
+    STALE = "stale"  # the claim moved on (superseded, paused, removed): ack and drop
+    REQUEUE = "requeue"  # database trouble or shutdown: hand the job back to the broker
+
+
+class _LostClaim(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how a subscription's rows are sent."""
+
+    endpoint_url: str
+    customer_key: str
+    workstation: str
+    watch_table: WatchTable
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Target:
+        """From a TAKE_OVER row."""
+        return cls(row[0], row[1], row[2], WatchTable.from_row(row[3:]))
+
+    def headers(self, default_workstation: str) -> dict[str, str]:
+        """Open Dental's webhook headers."""
+        return {
+            "Content-Type": "application/json",
+            "Authorization": self.customer_key,
+            "Workstation": self.workstation or default_workstation,
+            "Event-Type": f"WatchTable: {self.watch_table.name}",
+        }
+
+
+class WindowRunner:
+    """Runs one job to an Outcome (to hand on) or a Disposition. Thread-safe."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        sender: Sender,
+        *,
+        batch_size: int,
+        lease_seconds: float,
+        workstation: str,
+    ) -> None:
+        self.pool = pool
+        self.sender = sender
+        self.batch_size = batch_size
+        self.lease = lease_seconds
+        self.workstation = workstation
+
+    def run(self, job: Job, abort: threading.Event) -> Outcome | Disposition:
+        """Deliver the job's window, stopping at the first answer that is not 200."""
+        holder = new_id()
+        try:
+            target = self._take_over(job, holder)
+            if target is None:
+                return Disposition.STALE
+            return self._deliver(job, holder, target, abort)
+        except _LostClaim:
+            log.info("claim_lost", extra=_fields(job))
+            return Disposition.STALE
+        except TRANSIENT_ERRORS as e:
+            log.warning("window_requeued", extra=_fields(job, error=error_text(e)))
+            abort.wait(1.0)  # no hot loop while the database is away
+            return Disposition.REQUEUE
+        except (psycopg.Error, rows.RowEncodingError) as e:
+            kind = "serialization" if isinstance(e, rows.RowEncodingError) else "database"
+            return self._outcome(job, holder, 0, 0, Answer(False, None, kind, error_text(e)))
+
+    def _take_over(self, job: Job, holder: str) -> Target | None:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                queries.TAKE_OVER,
+                {
+                    "holder": holder,
+                    "lease": self.lease,
+                    "num": job.subscription,
+                    "job": job.job_id,
+                    "window_start": job.window_start,
+                },
+            ).fetchone()
+        return None if row is None else Target.from_row(row)
+
+    def _deliver(
+        self, job: Job, holder: str, target: Target, abort: threading.Event
+    ) -> Outcome | Disposition:
+        wt = target.watch_table
+        headers = target.headers(self.workstation)
+        after: tuple[Any, Any] | None = None
+        sent = batches = 0
+        while True:
+            if abort.is_set():
+                return Disposition.REQUEUE
+            page = self._next_page(job, holder, wt, after)
+            if not page:
+                break
+            answer = self.sender.post(target.endpoint_url, rows.encode(wt, page), headers)
+            metrics.DELIVERIES.labels(answer.outcome).inc()
+            metrics.DELIVERY_DURATION.observe(answer.seconds)
+            if not answer.ok:
+                log.info(
+                    "batch_failed",
+                    extra=_fields(
+                        job,
+                        batch=batches + 1,
+                        http_status=answer.http_status,
+                        error_class=answer.error_class,
+                    ),
+                )
+                return self._outcome(job, holder, sent, batches, answer)
+            sent += len(page)
+            batches += 1
+            metrics.ROWS_DELIVERED.inc(len(page))
+            if len(page) < self.batch_size:
+                break
+            after = rows.position(page[-1])
+        return self._outcome(job, holder, sent, batches, Answer(True, 200))
+
+    def _next_page(
+        self, job: Job, holder: str, wt: WatchTable, after: tuple[Any, Any] | None
+    ) -> list[tuple[Any, ...]]:
+        with self.pool.connection() as conn:
+            extended = conn.execute(
+                queries.EXTEND_LEASE,
+                {"lease": self.lease, "num": job.subscription, "job": job.job_id, "holder": holder},
+            ).rowcount
+            if not extended:
+                raise _LostClaim
+            return rows.read_page(
+                conn, wt, job.window_start, job.window_end, after, self.batch_size
+            )
+
+    @staticmethod
+    def _outcome(job: Job, holder: str, sent: int, batches: int, answer: Answer) -> Outcome:
+        return Outcome(
+            job_id=job.job_id,
+            holder=holder,
+            subscription=job.subscription,
+            window_start=job.window_start,
+            window_end=job.window_end,
+            failures=job.failures,
+            ok=answer.ok,
+            rows=sent,
+            batches=batches,
+            http_status=answer.http_status,
+            error_class=answer.error_class,
+            error=answer.error,
+            retry_after=answer.retry_after,
+        )
+
+
+def _fields(job: Job, **extra: Any) -> dict[str, Any]:
+    return {
+        "subscription": job.subscription,
+        "job": job.job_id,
+        "window_start": job.window_start.isoformat(),
+        "window_end": job.window_end.isoformat(),
+        **extra,
+    }

@@ -27,21 +27,25 @@ def pipeline(database_url: str, prefix: str) -> Iterator[Pipeline]:
     p.stop_all()
 
 
-def subscribe(conn: psycopg.Connection[Any], url: str, watch_table: str = "Appointment",
-              **extra: Any) -> int:
+def subscribe(
+    conn: psycopg.Connection[Any], url: str, watch_table: str = "Appointment", **extra: Any
+) -> int:
     values = {"endpoint_url": url, "watch_table": watch_table, "polling_seconds": 1} | extra
     return int(subscriptions.create(conn, values)["SubscriptionNum"])
 
 
-def insert_appointments(conn: psycopg.Connection[Any], n: int, *, one_transaction: bool = True,
-                        note: str = "") -> list[int]:
+def insert_appointments(
+    conn: psycopg.Connection[Any], n: int, *, one_transaction: bool = True, note: str = ""
+) -> list[int]:
     """Insert n appointments; in one transaction they all share one DateTStamp."""
     sql = "INSERT INTO appointment (patnum, aptstatus, note) VALUES (%s, 1, %s) RETURNING aptnum"
     if one_transaction:
         with conn.transaction():
             cur = conn.execute(
                 "INSERT INTO appointment (patnum, aptstatus, note) "
-                "SELECT g, 1, %s FROM generate_series(1, %s) g RETURNING aptnum", (note, n))
+                "SELECT g, 1, %s FROM generate_series(1, %s) g RETURNING aptnum",
+                (note, n),
+            )
             return [r[0] for r in cur.fetchall()]
     keys = []
     for i in range(n):  # autocommit: each row its own transaction and DateTStamp

@@ -19,7 +19,9 @@ from common.lifecycle import Lifecycle
 from common.migrate import migrate
 from common.settings import Settings
 
-ADMIN_URL = os.environ.get("APIEVENTS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "APIEVENTS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 BROKER_URL = os.environ.get("APIEVENTS_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 

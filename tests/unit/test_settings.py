@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from common.settings import Settings, SettingsError, add_arguments, from_namespace
+
+
+def test_environment_then_flags() -> None:
+    s = Settings.load({"APIEVENTS_BATCH_SIZE": "10", "APIEVENTS_METRICS_PORT": "9100"},
+                      {"batch_size": "20"})
+    assert (s.batch_size, s.metrics_port) == (20, 9100)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"APIEVENTS_BATCH_SIZE": "1001"}, "--batch-size: must be 1 to 1000"),
+    ({"APIEVENTS_BATCH_SIZE": "ten"}, "not a number"),
+    ({"APIEVENTS_LEASE_SECONDS": "0"}, "--lease-seconds: must be positive"),
+    ({"APIEVENTS_LOG_LEVEL": "LOUD"}, "--log-level"),
+])
+def test_bad_values_name_the_flag(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.load(env)
+
+
+def test_every_field_has_a_flag_with_help_naming_its_variable() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    text = parser.format_help()
+    for name in Settings.__dataclass_fields__:
+        assert f"--{name.replace('_', '-')}" in text
+        assert f"APIEVENTS_{name.upper()}" in text
+    ns = parser.parse_args(["--worker-concurrency", "3"])
+    assert from_namespace(ns).worker_concurrency == 3

@@ -1,0 +1,163 @@
+"""Claims, leases and compare-and-set: late, duplicate or lost messages never lose a change."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from committer.apply import ADVANCED, FAILED, STALE, apply_batch
+from common import registry
+from common.messages import Outcome, new_id
+from common.retry import RetryPolicy
+from producer.claim import claim_due
+from tests.integration.conftest import date_time_start, insert_appointments, state, subscribe
+from tests.support import wait_for
+from tests.support.receiver import Receiver
+from tests.support.services import Pipeline
+
+POLICY = RetryPolicy(0.2, 1)
+
+
+def take_over(conn: psycopg.Connection[Any], job_id: str, num: int) -> str:
+    holder = new_id()
+    conn.execute("UPDATE apievents.subscription SET claim_holder = %s "
+                 "WHERE subscription_num = %s AND claim_job = %s", (holder, num, job_id))
+    return holder
+
+
+def success(job: Any, holder: str) -> Outcome:
+    return Outcome(job.job_id, holder, job.subscription, job.window_start, job.window_end,
+                   job.failures, ok=True, http_status=200)
+
+
+def test_one_window_per_subscription_in_flight(conn: psycopg.Connection[Any]) -> None:
+    num = subscribe(conn, "http://127.0.0.1:9/")
+    insert_appointments(conn, 1)
+    _, jobs = claim_due(conn, 100, 60)
+    assert [j.subscription for j in jobs] == [num]
+    insert_appointments(conn, 1)
+    conn.execute("UPDATE apievents.subscription SET next_attempt_at = now()")
+    assert claim_due(conn, 100, 60) == (0, [])  # claimed: not due again while the lease lives
+
+
+def test_success_moves_the_watermark_once_and_stale_outcomes_never(
+    conn: psycopg.Connection[Any],
+) -> None:
+    num = subscribe(conn, "http://127.0.0.1:9/")
+    start = date_time_start(conn, num)
+    insert_appointments(conn, 1)
+    (job,) = claim_due(conn, 100, 60)[1]
+    holder = take_over(conn, job.job_id, num)
+    outcome = success(job, holder)
+    stranger = success(job, new_id())  # an older holder of the same job
+    assert apply_batch(conn, [stranger], POLICY) == [STALE]
+    assert date_time_start(conn, num) == start
+    assert apply_batch(conn, [outcome, outcome], POLICY) == [ADVANCED, STALE]  # duplicate
+    assert date_time_start(conn, num) == job.window_end
+    # A redelivered failure of the finished job cannot drag the subscription back either.
+    late = Outcome(job.job_id, holder, num, job.window_start, job.window_end, 0, ok=False,
+                   http_status=500, error="HTTP 500")
+    assert apply_batch(conn, [late], POLICY) == [STALE]
+    assert state(conn, num)["ConsecutiveFailures"] == 0
+
+
+def test_failure_backs_off_and_keeps_the_watermark(conn: psycopg.Connection[Any]) -> None:
+    num = subscribe(conn, "http://127.0.0.1:9/")
+    start = date_time_start(conn, num)
+    insert_appointments(conn, 1)
+    (job,) = claim_due(conn, 100, 60)[1]
+    holder = take_over(conn, job.job_id, num)
+    failed = Outcome(job.job_id, holder, num, job.window_start, job.window_end, 0, ok=False,
+                     http_status=503, error_class="http_error", error="HTTP 503", retry_after=30)
+    assert apply_batch(conn, [failed], POLICY) == [FAILED]
+    s = state(conn, num)
+    assert (s["ConsecutiveFailures"], s["LastHttpStatus"], s["LastError"]) == (1, 503, "HTTP 503")
+    assert date_time_start(conn, num) == start
+    (delay,) = conn.execute("SELECT next_attempt_at - now() FROM apievents.subscription "
+                            "WHERE subscription_num = %s", (num,)).fetchone()  # type: ignore[misc]
+    assert timedelta(seconds=0.9) <= delay <= timedelta(seconds=1.1)  # Retry-After, capped
+
+
+def test_idle_subscriptions_produce_no_job(conn: psycopg.Connection[Any]) -> None:
+    subscribe(conn, "http://127.0.0.1:9/")
+    due, jobs = claim_due(conn, 100, 60)
+    assert (due, jobs) == (1, [])
+    assert claim_due(conn, 100, 60) == (0, [])  # rescheduled PollingSeconds ahead
+
+
+def test_expired_subscription_sends_nothing(
+    conn: psycopg.Connection[Any], pipeline: Pipeline, receiver: Receiver
+) -> None:
+    past = subscribe(conn, receiver.url("/old"),
+                     date_time_start="2020-01-01T00:00:00Z", date_time_stop="2020-06-01T00:00:00Z")
+    live = subscribe(conn, receiver.url("/live"))
+    insert_appointments(conn, 5)
+    assert state(conn, past)["Status"] == "expired"
+    pipeline.start_all()
+    wait_for(lambda: len(receiver.delivered("/live")) == 5, 30, "the live subscription")
+    assert receiver.batches("/old") == []
+    assert state(conn, live)["Status"] == "active"
+
+
+def test_lost_job_is_reissued_after_its_lease(
+    conn: psycopg.Connection[Any], pipeline: Pipeline, receiver: Receiver
+) -> None:
+    num = subscribe(conn, receiver.url())
+    keys = insert_appointments(conn, 3)
+    # The producer claims, then dies before publishing: the job never reaches the broker.
+    (job,) = claim_due(conn, 100, 1.0)[1]
+    pipeline.start_all()
+    wait_for(lambda: len(receiver.delivered()) == 3, 30, "re-issued window")
+    assert [r["AptNum"] for r in receiver.delivered()] == keys
+    wait_for(lambda: date_time_start(conn, num) > job.window_start, 30, "watermark")
+
+
+def test_paused_subscription_waits_and_resumes_where_it_stopped(
+    conn: psycopg.Connection[Any], pipeline: Pipeline, receiver: Receiver
+) -> None:
+    from common import subscriptions
+
+    num = subscribe(conn, receiver.url())
+    subscriptions.set_status(conn, num, "paused")
+    keys = insert_appointments(conn, 4)
+    pipeline.start_all()
+    assert claim_due(conn, 100, 60) == (0, [])
+    assert receiver.batches() == []
+    subscriptions.set_status(conn, num, "active")
+    wait_for(lambda: len(receiver.delivered()) == 4, 30, "delivery after resume")
+    assert [r["AptNum"] for r in receiver.delivered()] == keys
+
+
+def test_unserializable_row_backs_off_without_crashing(
+    conn: psycopg.Connection[Any], pipeline: Pipeline, receiver: Receiver
+) -> None:
+    conn.execute("CREATE TABLE scan (id bigint PRIMARY KEY, image bytea, "
+                 "stamp timestamptz NOT NULL DEFAULT now())")
+    registry.add(conn, "Scan", "scan", "id", "stamp")
+    bad = subscribe(conn, receiver.url("/scan"), watch_table="Scan")
+    good = subscribe(conn, receiver.url())
+    conn.execute("INSERT INTO scan VALUES (1, '\\x00ff')")
+    pipeline.start_all()
+    wait_for(lambda: state(conn, bad)["ConsecutiveFailures"] >= 2, 30, "backoff")
+    assert "bytes" in state(conn, bad)["LastError"]
+    insert_appointments(conn, 2)
+    wait_for(lambda: len(receiver.delivered()) == 2, 30, "other subscriptions still flow")
+    assert state(conn, good)["LastError"] is None
+
+
+def test_dropped_table_backs_off_without_crashing(
+    conn: psycopg.Connection[Any], pipeline: Pipeline, receiver: Receiver
+) -> None:
+    conn.execute("CREATE TABLE gone (id bigint PRIMARY KEY, stamp timestamptz DEFAULT now())")
+    registry.add(conn, "Gone", "gone", "id", "stamp")
+    num = subscribe(conn, receiver.url("/gone"), watch_table="Gone")
+    conn.execute("INSERT INTO gone VALUES (1)")
+    conn.execute("DROP TABLE gone")
+    subscribe(conn, receiver.url())
+    pipeline.start_all()
+    wait_for(lambda: state(conn, num)["ConsecutiveFailures"] >= 2, 30, "backoff")
+    assert "UndefinedTable" in state(conn, num)["LastError"]
+    insert_appointments(conn, 2)
+    wait_for(lambda: len(receiver.delivered()) == 2, 30, "other subscriptions still flow")

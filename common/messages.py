@@ -32,8 +32,8 @@ class Job:
         return _dump(self.kind, asdict(self))
 
     @classmethod
-    def from_bytes(cls, body: bytes) -> Self:
-        """Parse a broker body; raises MessageError on anything malformed."""
+    def from_bytes(cls, body: bytes | str) -> Self:
+        """Parse a broker body (py-amqp may hand it over decoded); raises MessageError if bad."""
         d = _load(cls.kind, body)
         return cls(
             job_id=_uuid(d, "job_id"),
@@ -68,8 +68,8 @@ class Outcome:
         return _dump(self.kind, asdict(self))
 
     @classmethod
-    def from_bytes(cls, body: bytes) -> Self:
-        """Parse a broker body; raises MessageError on anything malformed."""
+    def from_bytes(cls, body: bytes | str) -> Self:
+        """Parse a broker body (py-amqp may hand it over decoded); raises MessageError if bad."""
         d = _load(cls.kind, body)
         ok = d.get("ok")
         if not isinstance(ok, bool):
@@ -103,7 +103,7 @@ def _dump(kind: str, fields: dict[str, Any]) -> bytes:
     return orjson.dumps({"v": VERSION, "type": kind, **fields})
 
 
-def _load(kind: str, body: bytes) -> dict[str, Any]:
+def _load(kind: str, body: bytes | str) -> dict[str, Any]:
     try:
         d = orjson.loads(body)
     except orjson.JSONDecodeError as e:

@@ -41,7 +41,9 @@ def stack(database_url: str, prefix: str) -> Iterator[Stack]:
 def watermark_covers(conn: psycopg.Connection[Any], num: int) -> bool:
     row = conn.execute(
         "SELECT s.date_time_start >= (SELECT max(datetstamp) FROM appointment) "
-        "FROM apievents.subscription s WHERE subscription_num = %s", (num,)).fetchone()
+        "FROM apievents.subscription s WHERE subscription_num = %s",
+        (num,),
+    ).fetchone()
     return bool(row and row[0])
 
 

@@ -22,14 +22,25 @@ POLICY = RetryPolicy(0.2, 1)
 
 def take_over(conn: psycopg.Connection[Any], job_id: str, num: int) -> str:
     holder = new_id()
-    conn.execute("UPDATE apievents.subscription SET claim_holder = %s "
-                 "WHERE subscription_num = %s AND claim_job = %s", (holder, num, job_id))
+    conn.execute(
+        "UPDATE apievents.subscription SET claim_holder = %s "
+        "WHERE subscription_num = %s AND claim_job = %s",
+        (holder, num, job_id),
+    )
     return holder
 
 
 def success(job: Any, holder: str) -> Outcome:
-    return Outcome(job.job_id, holder, job.subscription, job.window_start, job.window_end,
-                   job.failures, ok=True, http_status=200)
+    return Outcome(
+        job.job_id,
+        holder,
+        job.subscription,
+        job.window_start,
+        job.window_end,
+        job.failures,
+        ok=True,
+        http_status=200,
+    )
 
 
 def test_one_window_per_subscription_in_flight(conn: psycopg.Connection[Any]) -> None:
@@ -57,8 +68,17 @@ def test_success_moves_the_watermark_once_and_stale_outcomes_never(
     assert apply_batch(conn, [outcome, outcome], POLICY) == [ADVANCED, STALE]  # duplicate
     assert date_time_start(conn, num) == job.window_end
     # A redelivered failure of the finished job cannot drag the subscription back either.
-    late = Outcome(job.job_id, holder, num, job.window_start, job.window_end, 0, ok=False,
-                   http_status=500, error="HTTP 500")
+    late = Outcome(
+        job.job_id,
+        holder,
+        num,
+        job.window_start,
+        job.window_end,
+        0,
+        ok=False,
+        http_status=500,
+        error="HTTP 500",
+    )
     assert apply_batch(conn, [late], POLICY) == [STALE]
     assert state(conn, num)["ConsecutiveFailures"] == 0
 
@@ -69,14 +89,27 @@ def test_failure_backs_off_and_keeps_the_watermark(conn: psycopg.Connection[Any]
     insert_appointments(conn, 1)
     (job,) = claim_due(conn, 100, 60)[1]
     holder = take_over(conn, job.job_id, num)
-    failed = Outcome(job.job_id, holder, num, job.window_start, job.window_end, 0, ok=False,
-                     http_status=503, error_class="http_error", error="HTTP 503", retry_after=30)
+    failed = Outcome(
+        job.job_id,
+        holder,
+        num,
+        job.window_start,
+        job.window_end,
+        0,
+        ok=False,
+        http_status=503,
+        error_class="http_error",
+        error="HTTP 503",
+        retry_after=30,
+    )
     assert apply_batch(conn, [failed], POLICY) == [FAILED]
     s = state(conn, num)
     assert (s["ConsecutiveFailures"], s["LastHttpStatus"], s["LastError"]) == (1, 503, "HTTP 503")
     assert date_time_start(conn, num) == start
-    (delay,) = conn.execute("SELECT next_attempt_at - now() FROM apievents.subscription "
-                            "WHERE subscription_num = %s", (num,)).fetchone()  # type: ignore[misc]
+    (delay,) = conn.execute(
+        "SELECT next_attempt_at - now() FROM apievents.subscription WHERE subscription_num = %s",
+        (num,),
+    ).fetchone()  # type: ignore[misc]
     assert timedelta(seconds=0.9) <= delay <= timedelta(seconds=1.1)  # Retry-After, capped
 
 
@@ -90,8 +123,12 @@ def test_idle_subscriptions_produce_no_job(conn: psycopg.Connection[Any]) -> Non
 def test_expired_subscription_sends_nothing(
     conn: psycopg.Connection[Any], pipeline: Pipeline, receiver: Receiver
 ) -> None:
-    past = subscribe(conn, receiver.url("/old"),
-                     date_time_start="2020-01-01T00:00:00Z", date_time_stop="2020-06-01T00:00:00Z")
+    past = subscribe(
+        conn,
+        receiver.url("/old"),
+        date_time_start="2020-01-01T00:00:00Z",
+        date_time_stop="2020-06-01T00:00:00Z",
+    )
     live = subscribe(conn, receiver.url("/live"))
     insert_appointments(conn, 5)
     assert state(conn, past)["Status"] == "expired"
@@ -133,8 +170,10 @@ def test_paused_subscription_waits_and_resumes_where_it_stopped(
 def test_unserializable_row_backs_off_without_crashing(
     conn: psycopg.Connection[Any], pipeline: Pipeline, receiver: Receiver
 ) -> None:
-    conn.execute("CREATE TABLE scan (id bigint PRIMARY KEY, image bytea, "
-                 "stamp timestamptz NOT NULL DEFAULT now())")
+    conn.execute(
+        "CREATE TABLE scan (id bigint PRIMARY KEY, image bytea, "
+        "stamp timestamptz NOT NULL DEFAULT now())"
+    )
     registry.add(conn, "Scan", "scan", "id", "stamp")
     bad = subscribe(conn, receiver.url("/scan"), watch_table="Scan")
     good = subscribe(conn, receiver.url())

@@ -63,8 +63,9 @@ def test_updates_are_delivered_with_their_new_values(
     keys = insert_appointments(conn, 10, note="booked")
     pipeline.start_all()
     wait_for(lambda: len(receiver.delivered()) == 10, 30, "first delivery")
-    conn.execute("UPDATE appointment SET note = 'moved', aptstatus = 2 WHERE aptnum = ANY(%s)",
-                 (keys[:3],))
+    conn.execute(
+        "UPDATE appointment SET note = 'moved', aptstatus = 2 WHERE aptnum = ANY(%s)", (keys[:3],)
+    )
     wait_for(lambda: len(receiver.delivered()) == 13, 30, "the updates")
     updates = receiver.delivered()[10:]
     assert [r["AptNum"] for r in updates] == keys[:3]
@@ -76,7 +77,9 @@ def test_headers_and_open_dental_field_names(
 ) -> None:
     subscribe(conn, receiver.url(), customer_key="ck-123", workstation="FRONTDESK")
     subscribe(conn, receiver.url("/p"), watch_table="Patient")
-    conn.execute("INSERT INTO patient (lname, fname, birthdate) VALUES ('Doe', 'Jane', '1980-02-03')")
+    conn.execute(
+        "INSERT INTO patient (lname, fname, birthdate) VALUES ('Doe', 'Jane', '1980-02-03')"
+    )
     conn.execute(
         "INSERT INTO appointment (patnum, aptstatus, note, aptdatetime) "
         "VALUES (7, 1, 'cleaning', '2026-12-01 09:30')"
@@ -89,8 +92,18 @@ def test_headers_and_open_dental_field_names(
     assert batch.headers["Workstation"] == "FRONTDESK"
     assert batch.headers["Event-Type"] == "WatchTable: Appointment"
     (row,) = batch.rows
-    assert set(row) == {"AptNum", "PatNum", "AptStatus", "Pattern", "Confirmed", "Op", "ProvNum",
-                        "Note", "AptDateTime", "DateTStamp"}
+    assert set(row) == {
+        "AptNum",
+        "PatNum",
+        "AptStatus",
+        "Pattern",
+        "Confirmed",
+        "Op",
+        "ProvNum",
+        "Note",
+        "AptDateTime",
+        "DateTStamp",
+    }
     assert row["AptDateTime"] == "2026-12-01T09:30:00"
     assert row["DateTStamp"].endswith("+00:00") or "+" in row["DateTStamp"]
     patient = receiver.batches("/p")[0]

@@ -49,12 +49,17 @@ def test_failing_endpoint_holds_its_watermark_while_others_flow(
     # The endpoint recovers: the held window is delivered whole, then the later rows.
     if failure == "refused":
         pipeline.stop_all()
-        conn.execute("UPDATE apievents.subscription SET endpoint_url = %s "
-                     "WHERE subscription_num = %s", (receiver.url("/down"), bad))
+        conn.execute(
+            "UPDATE apievents.subscription SET endpoint_url = %s WHERE subscription_num = %s",
+            (receiver.url("/down"), bad),
+        )
         pipeline.start_all()
     receiver.behaviours["/down"] = status(200)
-    wait_for(lambda: {r["AptNum"] for r in receiver.delivered("/down")} >= set(keys + more), 30,
-             "the held rows after recovery")
+    wait_for(
+        lambda: {r["AptNum"] for r in receiver.delivered("/down")} >= set(keys + more),
+        30,
+        "the held rows after recovery",
+    )
     wait_for(lambda: state(conn, bad)["ConsecutiveFailures"] == 0, 30, "reset failures")
     assert date_time_start(conn, bad) > held
 
@@ -79,7 +84,12 @@ def test_failure_in_a_later_batch_resends_the_window_in_order(
     num = subscribe(conn, receiver.url("/f"))
     keys = insert_appointments(conn, 2500)
     pipeline.start_all()
-    wait_for(lambda: state(conn, num)["ConsecutiveFailures"] == 0
-             and len(receiver.delivered("/f")) >= 3500, 30, "the retried window")
+    wait_for(
+        lambda: (
+            state(conn, num)["ConsecutiveFailures"] == 0 and len(receiver.delivered("/f")) >= 3500
+        ),
+        30,
+        "the retried window",
+    )
     got = [r["AptNum"] for r in receiver.delivered("/f")]
     assert got == keys[:1000] + keys  # batch 1, then the whole window again: at-least-once

@@ -20,22 +20,32 @@ APIEVENTS = shutil.which("apievents", path=str(Path(sys.executable).parent)) or 
 
 def service_env(database_url: str, prefix: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("APIEVENTS_")}
-    return env | {
-        "APIEVENTS_DATABASE_URL": database_url,
-        "APIEVENTS_BROKER_URL": BROKER_URL,
-        "APIEVENTS_QUEUE_PREFIX": prefix,
-        "APIEVENTS_TICK_SECONDS": "0.05",
-        "APIEVENTS_LEASE_SECONDS": "5",
-        "APIEVENTS_RETRY_BASE_SECONDS": "0.2",
-        "APIEVENTS_RETRY_CAP_SECONDS": "1",
-        "APIEVENTS_HTTP_TIMEOUT": "3",
-        "APIEVENTS_SHUTDOWN_TIMEOUT": "10",
-    } | extra
+    return (
+        env
+        | {
+            "APIEVENTS_DATABASE_URL": database_url,
+            "APIEVENTS_BROKER_URL": BROKER_URL,
+            "APIEVENTS_QUEUE_PREFIX": prefix,
+            "APIEVENTS_TICK_SECONDS": "0.05",
+            "APIEVENTS_LEASE_SECONDS": "5",
+            "APIEVENTS_RETRY_BASE_SECONDS": "0.2",
+            "APIEVENTS_RETRY_CAP_SECONDS": "1",
+            "APIEVENTS_HTTP_TIMEOUT": "3",
+            "APIEVENTS_SHUTDOWN_TIMEOUT": "10",
+        }
+        | extra
+    )
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([APIEVENTS, *args], env=env, capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [APIEVENTS, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def cli_json(env: dict[str, str], *args: str) -> Any:
@@ -50,8 +60,13 @@ class Service:
     def __init__(self, name: str, env: dict[str, str]) -> None:
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"apievents-{name}-", suffix=".log")  # noqa: SIM115
-        self.proc = subprocess.Popen([APIEVENTS, name], env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [APIEVENTS, name],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

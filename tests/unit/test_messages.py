@@ -16,8 +16,21 @@ def test_job_round_trips_with_microseconds() -> None:
 
 
 def test_outcome_round_trips() -> None:
-    o = Outcome(new_id(), new_id(), 7, T0, T0, 1, ok=False, rows=10, batches=1,
-                http_status=503, error_class="http_error", error="HTTP 503", retry_after=2.5)
+    o = Outcome(
+        new_id(),
+        new_id(),
+        7,
+        T0,
+        T0,
+        1,
+        ok=False,
+        rows=10,
+        batches=1,
+        http_status=503,
+        error_class="http_error",
+        error="HTTP 503",
+        retry_after=2.5,
+    )
     assert Outcome.from_bytes(o.to_bytes()) == o
 
 
@@ -35,10 +48,28 @@ def test_messages_are_versioned_and_typed() -> None:
         b"[]",
         b'{"v": 2, "type": "job"}',
         b'{"v": 1, "type": "job", "job_id": "x", "subscription": 1}',
-        orjson.dumps({"v": 1, "type": "job", "job_id": new_id(), "subscription": "1",
-                      "window_start": T0, "window_end": T0, "failures": 0}),
-        orjson.dumps({"v": 1, "type": "job", "job_id": new_id(), "subscription": 1,
-                      "window_start": "2026-01-01T00:00:00", "window_end": T0, "failures": 0}),
+        orjson.dumps(
+            {
+                "v": 1,
+                "type": "job",
+                "job_id": new_id(),
+                "subscription": "1",
+                "window_start": T0,
+                "window_end": T0,
+                "failures": 0,
+            }
+        ),
+        orjson.dumps(
+            {
+                "v": 1,
+                "type": "job",
+                "job_id": new_id(),
+                "subscription": 1,
+                "window_start": "2026-01-01T00:00:00",
+                "window_end": T0,
+                "failures": 0,
+            }
+        ),
     ],
 )
 def test_malformed_jobs_are_refused(body: bytes) -> None:

@@ -10,8 +10,9 @@ from common.retry import RetryPolicy, next_attempt
 POLICY = RetryPolicy(base=5, cap=3600)
 
 
-@pytest.mark.parametrize("failures, ceiling", [(1, 5), (2, 10), (3, 20), (10, 2560), (11, 3600),
-                                               (500, 3600)])
+@pytest.mark.parametrize(
+    "failures, ceiling", [(1, 5), (2, 10), (3, 20), (10, 2560), (11, 3600), (500, 3600)]
+)
 def test_backoff_doubles_up_to_the_cap(failures: int, ceiling: float) -> None:
     rng = random.Random(1)
     delays = [POLICY.delay(failures, rng=rng) for _ in range(2000)]

@@ -11,24 +11,40 @@ from common import queries
 from common.registry import WatchTable
 from worker.rows import RowEncodingError, encode, position
 
-WT = WatchTable("Appointment", "public", "appointment", "aptnum", "datetstamp",
-                (("aptnum", "AptNum"), ("note", "Note"), ("aptdatetime", "AptDateTime"),
-                 ("datetstamp", "DateTStamp")))
+WT = WatchTable(
+    "Appointment",
+    "public",
+    "appointment",
+    "aptnum",
+    "datetstamp",
+    (
+        ("aptnum", "AptNum"),
+        ("note", "Note"),
+        ("aptdatetime", "AptDateTime"),
+        ("datetstamp", "DateTStamp"),
+    ),
+)
 TS = datetime(2026, 1, 1, 9, 30, tzinfo=UTC)
 
 
 def test_rows_become_objects_with_json_names_and_iso_times() -> None:
     row = (5, "x", datetime(2026, 2, 1, 8, 0), TS, TS, 5)  # + paging columns
-    assert orjson.loads(encode(WT, [row])) == [{
-        "AptNum": 5, "Note": "x", "AptDateTime": "2026-02-01T08:00:00",
-        "DateTStamp": "2026-01-01T09:30:00+00:00"}]
+    assert orjson.loads(encode(WT, [row])) == [
+        {
+            "AptNum": 5,
+            "Note": "x",
+            "AptDateTime": "2026-02-01T08:00:00",
+            "DateTStamp": "2026-01-01T09:30:00+00:00",
+        }
+    ]
     assert position(row) == (TS, 5)
 
 
 def test_decimal_and_date_are_encoded() -> None:
     wt = WatchTable("T", "public", "t", "k", "ts", (("k", "K"), ("fee", "Fee"), ("d", "D")))
     assert orjson.loads(encode(wt, [(1, Decimal("12.50"), date(2026, 1, 1))])) == [
-        {"K": 1, "Fee": "12.50", "D": "2026-01-01"}]
+        {"K": 1, "Fee": "12.50", "D": "2026-01-01"}
+    ]
 
 
 def test_values_without_json_form_are_an_encoding_error() -> None:

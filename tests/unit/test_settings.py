@@ -8,17 +8,21 @@ from common.settings import Settings, SettingsError, add_arguments, from_namespa
 
 
 def test_environment_then_flags() -> None:
-    s = Settings.load({"APIEVENTS_BATCH_SIZE": "10", "APIEVENTS_METRICS_PORT": "9100"},
-                      {"batch_size": "20"})
+    s = Settings.load(
+        {"APIEVENTS_BATCH_SIZE": "10", "APIEVENTS_METRICS_PORT": "9100"}, {"batch_size": "20"}
+    )
     assert (s.batch_size, s.metrics_port) == (20, 9100)
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"APIEVENTS_BATCH_SIZE": "1001"}, "--batch-size: must be 1 to 1000"),
-    ({"APIEVENTS_BATCH_SIZE": "ten"}, "not a number"),
-    ({"APIEVENTS_LEASE_SECONDS": "0"}, "--lease-seconds: must be positive"),
-    ({"APIEVENTS_LOG_LEVEL": "LOUD"}, "--log-level"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"APIEVENTS_BATCH_SIZE": "1001"}, "--batch-size: must be 1 to 1000"),
+        ({"APIEVENTS_BATCH_SIZE": "ten"}, "not a number"),
+        ({"APIEVENTS_LEASE_SECONDS": "0"}, "--lease-seconds: must be positive"),
+        ({"APIEVENTS_LOG_LEVEL": "LOUD"}, "--log-level"),
+    ],
+)
 def test_bad_values_name_the_flag(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.load(env)

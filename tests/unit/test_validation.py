@@ -5,21 +5,34 @@ import pytest
 from common.subscriptions import InputError, check_url, parse_time
 
 
-@pytest.mark.parametrize("url", [
-    "http://localhost:2097/",
-    "http://192.168.1.14:2097/",
-    "https://hooks.example.com/od?x=1",
-    "http://[::1]:8080/a",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:2097/",
+        "http://192.168.1.14:2097/",
+        "https://hooks.example.com/od?x=1",
+        "http://[::1]:8080/a",
+    ],
+)
 def test_good_urls(url: str) -> None:
     assert check_url(url) == url
 
 
-@pytest.mark.parametrize("url", [
-    "ftp://example.com/", "example.com/hook", "http://", "http:///path", "http://a b/",
-    "http://host:99999/", "http://host:0/", "javascript:alert(1)", "http://" + "a" * 64 + ".com/",
-    "",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/",
+        "example.com/hook",
+        "http://",
+        "http:///path",
+        "http://a b/",
+        "http://host:99999/",
+        "http://host:0/",
+        "javascript:alert(1)",
+        "http://" + "a" * 64 + ".com/",
+        "",
+    ],
+)
 def test_bad_urls(url: str) -> None:
     with pytest.raises(InputError) as e:
         check_url(url)

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import kombu
 import pytest
 
 from common.broker import Broker
@@ -38,8 +37,17 @@ class ScriptedRunner:
                 abort.wait(0.01)
         result = self.results[job.subscription]
         if result == "ok":
-            return Outcome(job.job_id, new_id(), job.subscription, job.window_start,
-                           job.window_end, job.failures, ok=True, rows=1, batches=1)
+            return Outcome(
+                job.job_id,
+                new_id(),
+                job.subscription,
+                job.window_start,
+                job.window_end,
+                job.failures,
+                ok=True,
+                rows=1,
+                batches=1,
+            )
         return result  # type: ignore[no-any-return]
 
 
@@ -68,8 +76,13 @@ def run_worker(broker: Broker) -> Iterator[Any]:
 
     def start(runner: ScriptedRunner, shutdown_timeout: float = 5) -> Lifecycle:
         lifecycle = Lifecycle()
-        worker = Worker(broker, runner, lifecycle, concurrency=4,  # type: ignore[arg-type]
-                        shutdown_timeout=shutdown_timeout)
+        worker = Worker(
+            broker,
+            runner,
+            lifecycle,
+            concurrency=4,  # type: ignore[arg-type]
+            shutdown_timeout=shutdown_timeout,
+        )
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         started.append((lifecycle, thread))

@@ -12,7 +12,7 @@ import orjson
 import psycopg
 
 from common import db, logs, metrics, registry, subscriptions
-from common.lifecycle import Lifecycle
+from common.lifecycle import ConfigurationError, Lifecycle
 from common.migrate import migrate
 from common.settings import Settings, SettingsError, add_arguments, from_namespace
 
@@ -50,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"no subscription {e.args[0]}", EXIT_USAGE)
     except psycopg.OperationalError as e:
         return _fail(f"cannot reach the database: {logs.error_text(e)}", EXIT_UNAVAILABLE)
+    except ConfigurationError as e:
+        return _fail(str(e), EXIT_USAGE)
 
 
 def _fail(message: str, code: int) -> int:

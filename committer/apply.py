@@ -8,33 +8,43 @@ from typing import Any
 import psycopg
 
 from common import queries
-from common.messages import Outcome
+from common.messages import Checkpoint, Outcome
 from common.retry import RetryPolicy
 
-ADVANCED, FAILED, STALE = "advanced", "failed", "stale"
+ADVANCED, FAILED, STALE, CHECKPOINT = "advanced", "failed", "stale", "checkpoint"
 
 
 def apply_batch(
-    conn: psycopg.Connection[Any], outcomes: Sequence[Outcome], policy: RetryPolicy
+    conn: psycopg.Connection[Any], outcomes: Sequence[Outcome | Checkpoint], policy: RetryPolicy
 ) -> list[str]:
-    """Apply every outcome in one transaction; returns advanced, failed or stale for each.
+    """Apply every report in one transaction; returns advanced, failed, checkpoint or stale.
 
-    Success moves DateTimeStart to the window end only while the outcome's job and holder still
-    own the claim and DateTimeStart is still the window start; failure never touches it.
+    Only the claim's current holder (job id and holder id) moves DateTimeStart: to the window
+    end on success, to a checkpoint's position on progress. A failure never touches it.
     """
     with conn.transaction(), conn.pipeline():
         cursors = [conn.execute(*_statement(o, policy)) for o in outcomes]
     return [
-        (ADVANCED if o.ok else FAILED) if cur.rowcount == 1 else STALE
-        for o, cur in zip(outcomes, cursors, strict=True)
+        _result(o) if cur.rowcount == 1 else STALE for o, cur in zip(outcomes, cursors, strict=True)
     ]
 
 
-def _statement(o: Outcome, policy: RetryPolicy) -> tuple[str, dict[str, Any]]:
+def _result(o: Outcome | Checkpoint) -> str:
+    if isinstance(o, Checkpoint):
+        return CHECKPOINT
+    return ADVANCED if o.ok else FAILED
+
+
+def _statement(o: Outcome | Checkpoint, policy: RetryPolicy) -> tuple[str, dict[str, Any]]:
     claim = {"num": o.subscription, "job": o.job_id, "holder": o.holder}
+    if isinstance(o, Checkpoint):
+        return queries.COMMIT_CHECKPOINT, claim | {
+            "position_ts": o.position_ts,
+            "position_key": o.position_key,
+            "seq": o.seq,
+        }
     if o.ok:
         return queries.COMMIT_SUCCESS, claim | {
-            "window_start": o.window_start,
             "window_end": o.window_end,
             "http_status": o.http_status,
         }

@@ -18,7 +18,7 @@ from common import db, metrics
 from common.broker import Broker, drain
 from common.lifecycle import Lifecycle
 from common.logs import error_text
-from common.messages import MessageError, Outcome
+from common.messages import Checkpoint, MessageError, Outcome, parse_report
 from common.retry import RetryPolicy
 from common.settings import Settings
 
@@ -44,7 +44,7 @@ class Committer:
         self.lifecycle = lifecycle
         self.batch = batch
         self.linger = linger
-        self._pending: list[tuple[kombu.Message, Outcome]] = []
+        self._pending: list[tuple[kombu.Message, Outcome | Checkpoint]] = []
 
     def run(self) -> None:
         """Serve until stopped, reconnecting after broker or database trouble."""
@@ -68,7 +68,7 @@ class Committer:
 
     def _on_message(self, message: kombu.Message) -> None:
         try:
-            self._pending.append((message, Outcome.from_bytes(message.body)))
+            self._pending.append((message, parse_report(message.body)))
         except MessageError as e:
             log.error("outcome_unparseable", extra={"error": str(e)})
             message.reject(requeue=False)
@@ -118,7 +118,7 @@ class Committer:
             self._ack([(message, outcome)], [result])
 
     @staticmethod
-    def _ack(applied: list[tuple[kombu.Message, Outcome]], results: list[str]) -> None:
+    def _ack(applied: list[tuple[kombu.Message, Outcome | Checkpoint]], results: list[str]) -> None:
         metrics.COMMIT_BATCH_SIZE.observe(len(results))
         for (message, outcome), result in zip(applied, results, strict=True):
             message.ack()
@@ -129,8 +129,7 @@ class Committer:
                     "subscription": outcome.subscription,
                     "job": outcome.job_id,
                     "result": result,
-                    "window_start": outcome.window_start.isoformat(),
-                    "window_end": outcome.window_end.isoformat(),
+                    **_window(outcome),
                 },
             )
 
@@ -147,3 +146,12 @@ def build(settings: Settings, lifecycle: Lifecycle) -> tuple[Committer, Callable
         linger=settings.commit_linger_seconds,
     )
     return committer, pool.close
+
+
+def _window(report: Outcome | Checkpoint) -> dict[str, str]:
+    if isinstance(report, Checkpoint):
+        return {"window_start": report.position_ts.isoformat()}
+    return {
+        "window_start": report.window_start.isoformat(),
+        "window_end": report.window_end.isoformat(),
+    }

@@ -15,6 +15,10 @@ from common.logs import error_text
 log = logging.getLogger(__name__)
 
 
+class ConfigurationError(RuntimeError):
+    """A service cannot run safely as configured; it exits with a one-line error."""
+
+
 class Lifecycle:
     """A stop event set by the first SIGTERM/SIGINT; a second signal exits at once."""
 

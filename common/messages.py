@@ -18,7 +18,10 @@ class MessageError(ValueError):
 
 @dataclass(frozen=True)
 class Job:
-    """Deliver subscription ``subscription``'s rows with window_start < DateTStamp <= window_end."""
+    """Deliver a subscription's rows after (window_start, after_key), up to window_end.
+
+    ``after_key`` is None when every row at window_start was already delivered.
+    """
 
     kind: ClassVar[str] = "job"
     job_id: str
@@ -26,6 +29,7 @@ class Job:
     window_start: datetime
     window_end: datetime
     failures: int = 0
+    after_key: str | None = None
 
     def to_bytes(self) -> bytes:
         """Serialise for the broker."""
@@ -34,13 +38,57 @@ class Job:
     @classmethod
     def from_bytes(cls, body: bytes | str) -> Self:
         """Parse a broker body (py-amqp may hand it over decoded); raises MessageError if bad."""
-        d = _load(cls.kind, body)
+        return cls.from_dict(_load(cls.kind, body))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        """Build from a parsed body."""
         return cls(
             job_id=_uuid(d, "job_id"),
             subscription=_int(d, "subscription"),
             window_start=_time(d, "window_start"),
             window_end=_time(d, "window_end"),
             failures=_int(d, "failures"),
+            after_key=_opt_str(d, "after_key"),
+        )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Progress inside a window: every row up to (position_ts, position_key) got 200."""
+
+    kind: ClassVar[str] = "checkpoint"
+    job_id: str
+    holder: str
+    subscription: int
+    seq: int
+    position_ts: datetime
+    position_key: str
+    rows: int
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the broker."""
+        return _dump(self.kind, asdict(self))
+
+    @classmethod
+    def from_bytes(cls, body: bytes | str) -> Self:
+        """Parse a broker body; raises MessageError if bad."""
+        return cls.from_dict(_load(cls.kind, body))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        """Build from a parsed body."""
+        key = _opt_str(d, "position_key")
+        if key is None:
+            raise MessageError("position_key: expected a string")
+        return cls(
+            job_id=_uuid(d, "job_id"),
+            holder=_uuid(d, "holder"),
+            subscription=_int(d, "subscription"),
+            seq=_int(d, "seq"),
+            position_ts=_time(d, "position_ts"),
+            position_key=key,
+            rows=_int(d, "rows"),
         )
 
 
@@ -70,7 +118,11 @@ class Outcome:
     @classmethod
     def from_bytes(cls, body: bytes | str) -> Self:
         """Parse a broker body (py-amqp may hand it over decoded); raises MessageError if bad."""
-        d = _load(cls.kind, body)
+        return cls.from_dict(_load(cls.kind, body))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        """Build from a parsed body."""
         ok = d.get("ok")
         if not isinstance(ok, bool):
             raise MessageError("ok: expected a boolean")
@@ -103,14 +155,24 @@ def _dump(kind: str, fields: dict[str, Any]) -> bytes:
     return orjson.dumps({"v": VERSION, "type": kind, **fields})
 
 
-def _load(kind: str, body: bytes | str) -> dict[str, Any]:
+def parse_report(body: bytes | str) -> Outcome | Checkpoint:
+    """An Outcome or a Checkpoint, by the message's type."""
+    d = _load(None, body)
+    if d.get("type") == Checkpoint.kind:
+        return Checkpoint.from_dict(d)
+    if d.get("type") == Outcome.kind:
+        return Outcome.from_dict(d)
+    raise MessageError(f"expected an outcome or a checkpoint, got {d.get('type')!r}")
+
+
+def _load(kind: str | None, body: bytes | str) -> dict[str, Any]:
     try:
         d = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise MessageError(f"not JSON: {e}") from None
     if not isinstance(d, dict):
         raise MessageError("expected a JSON object")
-    if d.get("v") != VERSION or d.get("type") != kind:
+    if d.get("v") != VERSION or (kind is not None and d.get("type") != kind):
         raise MessageError(f"expected {kind} v{VERSION}, got {d.get('type')!r} v{d.get('v')!r}")
     return d
 

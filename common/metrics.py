@@ -6,6 +6,10 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 JOBS_PUBLISHED = Counter("apievents_jobs_published", "Jobs published to the broker.")
 SUBSCRIPTIONS_DUE = Gauge("apievents_subscriptions_due", "Due subscriptions in the last tick.")
+WATERMARK_HOLD = Gauge(
+    "apievents_watermark_hold_seconds",
+    "How far open transactions (and the safety margin) hold window ends behind the DB clock.",
+)
 DELIVERIES = Counter("apievents_deliveries", "Webhook POSTs by outcome.", ["outcome"])
 ROWS_DELIVERED = Counter("apievents_rows_delivered", "Rows answered with 200 OK.")
 DELIVERY_DURATION = Histogram(

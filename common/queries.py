@@ -68,7 +68,7 @@ SUBSCRIPTION_DELETE = (
 # lease check fails) and the subscription is re-issued from DateTimeStart with the new settings.
 _RELEASE = """
     claim_job = NULL, claim_holder = NULL, claimed_at = NULL, claim_window_end = NULL,
-    claim_expires_at = NULL, updated_at = now()
+    claim_expires_at = NULL, claim_seq = 0, updated_at = now()
 """
 SUBSCRIPTION_SET_STATUS = f"""
 UPDATE apievents.subscription
@@ -103,6 +103,8 @@ def subscription_update(columns: list[str]) -> sql.Composed:
     sets = sql.SQL(", ").join(
         sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder(c)) for c in columns
     )
+    if "date_time_start" in columns:  # a new start is a whole timestamp: no cursor within it
+        sets = sql.SQL(", ").join([sets, sql.SQL("cursor_key = NULL")])
     return sql.SQL(
         "UPDATE apievents.subscription SET {sets}, next_attempt_at = now(), {release} "
         "WHERE subscription_num = %(num)s RETURNING {cols}"
@@ -111,12 +113,30 @@ def subscription_update(columns: list[str]) -> sql.Composed:
 
 # -- Producer -----------------------------------------------------------------------------------
 
-DATABASE_NOW = "SELECT now()"
+# The window end is bounded by the database server's clock and by every open transaction:
+# a transaction that started at T may still commit rows stamped T or later (now() is its start
+# time), so no window may end at or after T while it is open. Read the clock first, then the
+# activity snapshot (PostgreSQL caches that snapshot for the rest of the transaction).
+SERVER_CLOCK = "SELECT clock_timestamp()"
+OLDEST_OPEN_TRANSACTION = """
+SELECT min(xact_start) FROM pg_stat_activity
+WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND datname = current_database()
+  AND backend_type NOT IN ('autovacuum worker', 'autovacuum launcher', 'walsender',
+                           'checkpointer', 'background writer', 'walwriter', 'archiver',
+                           'startup', 'logical replication launcher')
+"""
+# Without pg_read_all_stats (or superuser), other roles' transactions show no xact_start and
+# the bound above could not see them.
+CAN_SEE_ALL_TRANSACTIONS = """
+SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
+FROM pg_roles WHERE rolname = current_user
+"""
 
 # Lock the subscriptions that are due and not held by a live claim. SKIP LOCKED lets several
 # producer replicas share the work without waiting on each other.
 DUE_FOR_UPDATE = """
-SELECT subscription_num, watch_table, date_time_start, date_time_stop, consecutive_failures
+SELECT subscription_num, watch_table, date_time_start, cursor_key, date_time_stop,
+       consecutive_failures
 FROM apievents.subscription
 WHERE status = 'active'
   AND next_attempt_at <= now()
@@ -137,7 +157,7 @@ WHERE subscription_num = ANY(%s)
 CLAIM = """
 UPDATE apievents.subscription s
 SET claim_job = c.job, claim_holder = NULL, claimed_at = now(), claim_window_end = c.window_end,
-    claim_expires_at = now() + %(lease)s * interval '1 second'
+    claim_expires_at = now() + %(lease)s * interval '1 second', claim_seq = 0
 FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[], %(ends)s::timestamptz[])
     AS c(num, job, window_end)
 WHERE s.subscription_num = c.num
@@ -159,14 +179,17 @@ def newest_change(wt: WatchTable) -> sql.Composed:
 
 # The worker that starts (or restarts) a job becomes the claim's holder. A previous holder of the
 # same job notices at its next lease check and stops, so one window never runs twice at once.
+# It resumes from the subscription's cursor, which checkpoints may have moved past the job's
+# window start.
 TAKE_OVER = f"""
 UPDATE apievents.subscription s
 SET claim_holder = %(holder)s, claim_expires_at = now() + %(lease)s * interval '1 second',
     last_attempt_at = now()
 FROM apievents.watch_table w
 WHERE s.subscription_num = %(num)s AND s.claim_job = %(job)s AND s.status = 'active'
-  AND s.date_time_start = %(window_start)s AND w.name = s.watch_table
-RETURNING s.endpoint_url, s.customer_key, s.workstation, w.{REGISTRY_COLUMNS.replace(", ", ", w.")}
+  AND w.name = s.watch_table
+RETURNING s.date_time_start, s.cursor_key, s.claim_seq, s.endpoint_url, s.customer_key,
+          s.workstation, w.{REGISTRY_COLUMNS.replace(", ", ", w.")}
 """
 
 EXTEND_LEASE = """
@@ -202,16 +225,25 @@ def window_page(wt: WatchTable, *, first: bool) -> sql.Composed:
 
 # -- Committer ----------------------------------------------------------------------------------
 
-# Compare-and-set: only the claim's current holder, for the window it was given, moves the
-# watermark. A late, duplicate or superseded outcome matches no row.
+# Compare-and-set: only the claim's current holder moves the watermark. A late, duplicate or
+# superseded outcome matches no row, because each start of a job has its own holder id.
 COMMIT_SUCCESS = f"""
 UPDATE apievents.subscription
-SET date_time_start = %(window_end)s,
+SET date_time_start = %(window_end)s, cursor_key = NULL,
     next_attempt_at = claimed_at + polling_seconds * interval '1 second',
     consecutive_failures = 0, last_error = NULL, last_http_status = %(http_status)s,
     last_success_at = now(), {_RELEASE}
 WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
-  AND date_time_start = %(window_start)s
+"""
+
+# Progress inside a window: the claim stays; claim_seq keeps checkpoints from going backwards
+# when two committers apply them out of order.
+COMMIT_CHECKPOINT = """
+UPDATE apievents.subscription
+SET date_time_start = %(position_ts)s, cursor_key = %(position_key)s, claim_seq = %(seq)s,
+    last_success_at = now(), updated_at = now()
+WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
+  AND claim_seq < %(seq)s
 """
 
 COMMIT_FAILURE = f"""

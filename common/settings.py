@@ -36,7 +36,16 @@ class Settings:
     lease_seconds: float = _opt(
         120.0, "A claimed window is re-issued if its worker shows no progress for this long."
     )
+    checkpoint_batches: int = _opt(
+        10, "Commit progress every this many batches; a failure resends at most this many."
+    )
     tick_seconds: float = _opt(0.25, "Producer: how often to look for due subscriptions.")
+    watermark_margin_seconds: float = _opt(
+        0.2, "Producer: window ends stay this far behind the database clock (see README)."
+    )
+    watermark_warn_seconds: float = _opt(
+        300.0, "Producer: warn when open transactions hold deliveries back longer than this."
+    )
     claim_batch: int = _opt(500, "Producer: most subscriptions claimed in one transaction.")
     worker_concurrency: int = _opt(8, "Worker: windows delivered at once by one process.")
     http_timeout: float = _opt(30.0, "Worker: seconds to wait for an endpoint's answer.")
@@ -64,6 +73,15 @@ class Settings:
             ("log_level", self.log_level.upper() in _LEVELS, "must be one of " + "/".join(_LEVELS)),
         ]
         checks += [(n, getattr(self, n) > 0, "must be positive") for n in _POSITIVE]
+        checks.append(("checkpoint_batches", self.checkpoint_batches >= 1, "must be at least 1"))
+        checks.append(
+            (
+                "lease_seconds",
+                self.lease_seconds > self.http_timeout + self.http_connect_timeout,
+                "must exceed --http-timeout plus --http-connect-timeout, so one POST cannot "
+                "outlive a lease",
+            )
+        )
         for name, ok, why in checks:
             if not ok:
                 raise SettingsError(f"--{_flag(name)}: {why}")
@@ -94,6 +112,8 @@ _POSITIVE = (
     "retry_cap_seconds",
     "commit_linger_seconds",
     "shutdown_timeout",
+    "watermark_margin_seconds",
+    "watermark_warn_seconds",
 )
 _TYPES: dict[str, Any] = {f.name: f.type for f in dataclasses.fields(Settings)}
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -12,37 +13,50 @@ import psycopg
 from common import queries, registry
 from common.logs import error_text
 from common.messages import Job, new_id
+from producer import window
 
 log = logging.getLogger(__name__)
 
-_UNKNOWN = object()  # the table could not be read: issue a job, the worker reports the error
+
+@dataclass(frozen=True)
+class Claimed:
+    """What one claim transaction found."""
+
+    due: int
+    jobs: list[Job]
+    clock: datetime  # the database server's clock
+    end: datetime  # the safe window end: clock minus what open transactions hold back
+
+    @property
+    def hold_seconds(self) -> float:
+        """How far open transactions hold deliveries behind the server clock."""
+        return (self.clock - self.end).total_seconds()
 
 
 def claim_due(
-    conn: psycopg.Connection[Any], limit: int, lease_seconds: float
-) -> tuple[int, list[Job]]:
-    """Claim up to ``limit`` due subscriptions in one transaction; returns (due, jobs).
+    conn: psycopg.Connection[Any], limit: int, lease_seconds: float, margin: timedelta
+) -> Claimed:
+    """Claim up to ``limit`` due subscriptions in one transaction.
 
-    The window end is read from the database server's clock. A subscription whose table has
-    nothing newer than its DateTimeStart gets no job and is simply looked at again later.
+    The window end is read from the database server's clock and bounded by open transactions
+    (window.safe_end). A subscription whose table has nothing newer than its position gets no
+    job and is simply looked at again after PollingSeconds.
     """
     with conn.transaction():
-        row = conn.execute(queries.DATABASE_NOW).fetchone()
-        assert row is not None
-        now: datetime = row[0]
+        clock = _scalar(conn, queries.SERVER_CLOCK)
+        end = window.safe_end(clock, _scalar(conn, queries.OLDEST_OPEN_TRANSACTION), margin)
         due = conn.execute(queries.DUE_FOR_UPDATE, (limit,)).fetchall()
         if not due:
-            return 0, []
+            return Claimed(0, [], clock, end)
         newest = _newest_changes(conn, {row[1] for row in due})
         idle: list[int] = []
         jobs: list[Job] = []
-        for num, watch_table, start, stop, failures in due:
-            end = min(now, stop) if stop is not None else now
-            latest = newest.get(watch_table)
-            if end <= start or (latest is not _UNKNOWN and (latest is None or latest <= start)):
+        for num, watch_table, start, cursor_key, stop, failures in due:
+            job_end = window.plan(end, start, cursor_key, stop, newest.get(watch_table))
+            if job_end is None:
                 idle.append(num)
             else:
-                jobs.append(Job(new_id(), num, start, end, failures))
+                jobs.append(Job(new_id(), num, start, job_end, failures, cursor_key))
         if idle:
             conn.execute(queries.RESCHEDULE_IDLE, (idle,))
         if jobs:
@@ -55,7 +69,17 @@ def claim_due(
                     "ends": [j.window_end for j in jobs],
                 },
             )
-    return len(due), jobs
+    return Claimed(len(due), jobs, clock, end)
+
+
+def can_see_all_transactions(conn: psycopg.Connection[Any]) -> bool:
+    """Whether this role sees every session's xact_start (superuser or pg_read_all_stats)."""
+    return bool(_scalar(conn, queries.CAN_SEE_ALL_TRANSACTIONS))
+
+
+def _scalar(conn: psycopg.Connection[Any], query: str) -> Any:
+    row = conn.execute(query.encode()).fetchone()
+    return None if row is None else row[0]
 
 
 def release(conn: psycopg.Connection[Any], jobs: Iterable[Job]) -> None:
@@ -79,5 +103,5 @@ def _newest_changes(conn: psycopg.Connection[Any], names: set[str]) -> dict[str,
             log.warning(
                 "watch_table_unreadable", extra={"watch_table": wt.name, "error": error_text(e)}
             )
-            newest[wt.name] = _UNKNOWN
+            newest[wt.name] = window.UNKNOWN
     return newest

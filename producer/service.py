@@ -8,18 +8,24 @@ source of truth and the broker only distributes work.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from datetime import timedelta
 
 from psycopg_pool import ConnectionPool
 
 from common import db, metrics
 from common.broker import Broker
-from common.lifecycle import Lifecycle
+from common.lifecycle import ConfigurationError, Lifecycle
 from common.messages import Job
 from common.settings import Settings
-from producer.claim import claim_due, release
+from producer.claim import can_see_all_transactions, claim_due, release
 
 log = logging.getLogger(__name__)
+
+
+class UnsafeRoleError(ConfigurationError):
+    """The database role cannot see every open transaction, so no safe watermark exists."""
 
 
 class Producer:
@@ -34,6 +40,8 @@ class Producer:
         tick_seconds: float,
         claim_batch: int,
         lease_seconds: float,
+        margin_seconds: float,
+        warn_seconds: float,
     ) -> None:
         self.broker = broker
         self.pool = pool
@@ -41,22 +49,38 @@ class Producer:
         self.tick_seconds = tick_seconds
         self.claim_batch = claim_batch
         self.lease_seconds = lease_seconds
+        self.margin = timedelta(seconds=margin_seconds)
+        self.warn_seconds = warn_seconds
+        self._next_warning = 0.0
 
     def run(self) -> None:
         """Serve until stopped, reconnecting after broker or database trouble."""
         self.lifecycle.run_until_stopped("producer", self._session)
 
     def _session(self) -> None:
+        with self.pool.connection() as db_conn:
+            if not can_see_all_transactions(db_conn):
+                raise UnsafeRoleError(
+                    "the database role must be superuser or have pg_read_all_stats, or open "
+                    "transactions of other roles are invisible and changes could be skipped"
+                )
         with self.broker.connection() as conn:
             publisher = self.broker.publisher(conn)
             while not self.lifecycle.stop.is_set():
                 with self.pool.connection() as db_conn:
-                    due, jobs = claim_due(db_conn, self.claim_batch, self.lease_seconds)
-                metrics.SUBSCRIPTIONS_DUE.set(due)
-                self._publish(publisher.publish, jobs)
+                    claimed = claim_due(db_conn, self.claim_batch, self.lease_seconds, self.margin)
+                metrics.SUBSCRIPTIONS_DUE.set(claimed.due)
+                self._watch_hold(claimed.hold_seconds)
+                self._publish(publisher.publish, claimed.jobs)
                 conn.heartbeat_check()
-                if due < self.claim_batch:  # a full batch means more are due right now
+                if claimed.due < self.claim_batch:  # a full batch means more are due now
                     self.lifecycle.stop.wait(self.tick_seconds)
+
+    def _watch_hold(self, hold: float) -> None:
+        metrics.WATERMARK_HOLD.set(hold)
+        if hold > self.warn_seconds and time.monotonic() >= self._next_warning:
+            log.warning("watermark_held", extra={"hold_seconds": round(hold, 3)})
+            self._next_warning = time.monotonic() + 60
 
     def _publish(self, publish: Callable[[bytes, str], None], jobs: list[Job]) -> None:
         for i, job in enumerate(jobs):
@@ -94,5 +118,7 @@ def build(settings: Settings, lifecycle: Lifecycle) -> tuple[Producer, Callable[
         tick_seconds=settings.tick_seconds,
         claim_batch=settings.claim_batch,
         lease_seconds=settings.lease_seconds,
+        margin_seconds=settings.watermark_margin_seconds,
+        warn_seconds=settings.watermark_warn_seconds,
     )
     return producer, pool.close

@@ -19,12 +19,15 @@ import kombu
 from common import db, metrics
 from common.broker import Broker, Publisher, drain
 from common.lifecycle import Lifecycle
-from common.messages import Job, MessageError, Outcome
+from common.messages import Checkpoint, Job, MessageError, Outcome
 from common.settings import Settings
 from worker.sender import Sender
 from worker.window import Disposition, WindowRunner
 
 log = logging.getLogger(__name__)
+
+
+_Result = Outcome | Disposition | Checkpoint
 
 
 @dataclass
@@ -54,7 +57,7 @@ class Worker:
         self.shutdown_timeout = shutdown_timeout
         self._generation = 0
         self._in_flight: dict[int, _InFlight] = {}
-        self._done: queue.SimpleQueue[tuple[_InFlight, Outcome | Disposition]] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[_InFlight, _Result]] = queue.SimpleQueue()
 
     def run(self) -> None:
         """Serve until stopped, reconnecting after broker or database trouble."""
@@ -97,7 +100,7 @@ class Worker:
 
     def _work(self, entry: _InFlight) -> None:
         try:
-            result = self.runner.run(entry.job, entry.abort)
+            result = self.runner.run(entry.job, entry.abort, lambda cp: self._done.put((entry, cp)))
         except Exception:
             log.exception("window_crashed", extra={"job": entry.job.job_id})
             result = Disposition.REQUEUE
@@ -109,6 +112,9 @@ class Worker:
                 entry, result = self._done.get_nowait()
             except queue.Empty:
                 return
+            if isinstance(result, Checkpoint):  # progress: hand it on, keep the job
+                publisher.publish(result.to_bytes(), "outcomes")
+                continue
             metrics.WINDOWS_IN_FLIGHT.dec()
             current = self._in_flight.pop(id(entry), None) is not None
             if isinstance(result, Outcome):
@@ -159,6 +165,7 @@ def build(settings: Settings, lifecycle: Lifecycle) -> tuple[Worker, Callable[[]
         batch_size=settings.batch_size,
         lease_seconds=settings.lease_seconds,
         workstation=settings.sender_name,
+        checkpoint_batches=settings.checkpoint_batches,
     )
     worker = Worker(
         Broker(settings.broker_url, settings.queue_prefix),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -15,7 +16,7 @@ from psycopg_pool import ConnectionPool
 from common import metrics, queries
 from common.broker import TRANSIENT_ERRORS
 from common.logs import error_text
-from common.messages import Job, Outcome, new_id
+from common.messages import Checkpoint, Job, Outcome, new_id
 from common.registry import WatchTable
 from worker import rows
 from worker.sender import Answer, Sender
@@ -36,8 +37,11 @@ class _LostClaim(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """Where and how a subscription's rows are sent."""
+    """Where a window resumes, and where and how its rows are sent."""
 
+    start: datetime
+    cursor_key: str | None
+    seq: int
     endpoint_url: str
     customer_key: str
     workstation: str
@@ -46,7 +50,10 @@ class Target:
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Target:
         """From a TAKE_OVER row."""
-        return cls(row[0], row[1], row[2], WatchTable.from_row(row[3:]))
+        start, cursor_key, seq, url, customer_key, workstation = row[:6]
+        return cls(
+            start, cursor_key, seq, url, customer_key, workstation, WatchTable.from_row(row[6:])
+        )
 
     def headers(self, default_workstation: str) -> dict[str, str]:
         """Open Dental's webhook headers."""
@@ -56,6 +63,9 @@ class Target:
             "Workstation": self.workstation or default_workstation,
             "Event-Type": f"WatchTable: {self.watch_table.name}",
         }
+
+
+Report = Callable[[Checkpoint], None]
 
 
 class WindowRunner:
@@ -69,21 +79,27 @@ class WindowRunner:
         batch_size: int,
         lease_seconds: float,
         workstation: str,
+        checkpoint_batches: int,
     ) -> None:
         self.pool = pool
         self.sender = sender
         self.batch_size = batch_size
         self.lease = lease_seconds
         self.workstation = workstation
+        self.checkpoint_batches = checkpoint_batches
 
-    def run(self, job: Job, abort: threading.Event) -> Outcome | Disposition:
-        """Deliver the job's window, stopping at the first answer that is not 200."""
+    def run(self, job: Job, abort: threading.Event, report: Report) -> Outcome | Disposition:
+        """Deliver the job's window, stopping at the first answer that is not 200.
+
+        Every ``checkpoint_batches`` batches, ``report`` hands on a Checkpoint, so a failure
+        later in a large window resends at most that many batches.
+        """
         holder = new_id()
         try:
             target = self._take_over(job, holder)
             if target is None:
                 return Disposition.STALE
-            return self._deliver(job, holder, target, abort)
+            return self._deliver(job, holder, target, abort, report)
         except _LostClaim:
             log.info("claim_lost", extra=_fields(job))
             return Disposition.STALE
@@ -104,22 +120,24 @@ class WindowRunner:
                     "lease": self.lease,
                     "num": job.subscription,
                     "job": job.job_id,
-                    "window_start": job.window_start,
                 },
             ).fetchone()
         return None if row is None else Target.from_row(row)
 
     def _deliver(
-        self, job: Job, holder: str, target: Target, abort: threading.Event
+        self, job: Job, holder: str, target: Target, abort: threading.Event, report: Report
     ) -> Outcome | Disposition:
         wt = target.watch_table
         headers = target.headers(self.workstation)
         after: tuple[Any, Any] | None = None
+        if target.cursor_key is not None:
+            after = (target.start, target.cursor_key)
         sent = batches = 0
+        seq = target.seq
         while True:
             if abort.is_set():
                 return Disposition.REQUEUE
-            page = self._next_page(job, holder, wt, after)
+            page = self._next_page(job, holder, wt, target.start, after)
             if not page:
                 break
             answer = self.sender.post(target.endpoint_url, rows.encode(wt, page), headers)
@@ -142,10 +160,22 @@ class WindowRunner:
             if len(page) < self.batch_size:
                 break
             after = rows.position(page[-1])
+            if batches % self.checkpoint_batches == 0:
+                seq += 1
+                report(
+                    Checkpoint(
+                        job.job_id, holder, job.subscription, seq, after[0], str(after[1]), sent
+                    )
+                )
         return self._outcome(job, holder, sent, batches, Answer(True, 200))
 
     def _next_page(
-        self, job: Job, holder: str, wt: WatchTable, after: tuple[Any, Any] | None
+        self,
+        job: Job,
+        holder: str,
+        wt: WatchTable,
+        start: datetime,
+        after: tuple[Any, Any] | None,
     ) -> list[tuple[Any, ...]]:
         with self.pool.connection() as conn:
             extended = conn.execute(
@@ -154,9 +184,7 @@ class WindowRunner:
             ).rowcount
             if not extended:
                 raise _LostClaim
-            return rows.read_page(
-                conn, wt, job.window_start, job.window_end, after, self.batch_size
-            )
+            return rows.read_page(conn, wt, start, job.window_end, after, self.batch_size)
 
     @staticmethod
     def _outcome(job: Job, holder: str, sent: int, batches: int, answer: Answer) -> Outcome:

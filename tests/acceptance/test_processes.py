@@ -76,3 +76,32 @@ def test_service_stopped_mid_window_loses_nothing(
             out = stack.services[name].output()
             assert "Traceback" not in out, out
             assert "PHI-MARKER" not in out and "CK-MARKER" not in out  # no payload, no key
+
+
+def test_producer_refuses_a_role_that_cannot_see_all_transactions(
+    database_url: str, prefix: str
+) -> None:
+    import subprocess
+    import uuid
+
+    from tests.support.processes import APIEVENTS
+    from tests.support.services import admin
+
+    role = f"apievents_t_{uuid.uuid4().hex[:8]}"
+    admin(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        url = database_url.replace("postgres@", f"{role}@", 1)
+        env = service_env(url, prefix)
+        done = subprocess.run(
+            [APIEVENTS, "producer"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 2
+        assert done.stderr.splitlines()[-1].startswith("apievents: error: the database role")
+        assert "pg_read_all_stats" in done.stderr
+    finally:
+        admin(f'DROP ROLE IF EXISTS "{role}"')

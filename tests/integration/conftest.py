@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from common import subscriptions
-from tests.support.services import Pipeline, connect, test_settings
+from tests.support.services import Pipeline, connect, fast_settings
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
 
 @pytest.fixture
 def pipeline(database_url: str, prefix: str) -> Iterator[Pipeline]:
-    p = Pipeline(test_settings(database_url, prefix))
+    p = Pipeline(fast_settings(database_url, prefix))
     yield p
     p.stop_all()
 

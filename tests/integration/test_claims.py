@@ -11,13 +11,19 @@ from committer.apply import ADVANCED, FAILED, STALE, apply_batch
 from common import registry
 from common.messages import Outcome, new_id
 from common.retry import RetryPolicy
-from producer.claim import claim_due
+from producer.claim import Claimed
+from producer.claim import claim_due as _claim_due
 from tests.integration.conftest import date_time_start, insert_appointments, state, subscribe
 from tests.support import wait_for
 from tests.support.receiver import Receiver
 from tests.support.services import Pipeline
 
 POLICY = RetryPolicy(0.2, 1)
+
+
+def claim_due(conn: psycopg.Connection[Any], limit: int, lease: float) -> tuple[int, list[Any]]:
+    claimed: Claimed = _claim_due(conn, limit, lease, timedelta(0))
+    return claimed.due, claimed.jobs
 
 
 def take_over(conn: psycopg.Connection[Any], job_id: str, num: int) -> str:

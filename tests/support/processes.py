@@ -31,6 +31,7 @@ def service_env(database_url: str, prefix: str, **extra: str) -> dict[str, str]:
             "APIEVENTS_RETRY_BASE_SECONDS": "0.2",
             "APIEVENTS_RETRY_CAP_SECONDS": "1",
             "APIEVENTS_HTTP_TIMEOUT": "3",
+            "APIEVENTS_HTTP_CONNECT_TIMEOUT": "1",
             "APIEVENTS_SHUTDOWN_TIMEOUT": "10",
         }
         | extra

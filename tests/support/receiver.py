@@ -43,6 +43,8 @@ class Receiver:
         self.received: list[Received] = []
         self.behaviours: dict[str, Behaviour] = {}
         self._counts: dict[str, int] = {}
+        self._active: dict[str, int] = {}
+        self.max_concurrent: dict[str, int] = {}
         self._lock = threading.Lock()
         receiver = self
 
@@ -55,7 +57,15 @@ class Receiver:
                     n = receiver._counts.get(self.path, 0)
                     receiver._counts[self.path] = n + 1
                     behave = receiver.behaviours.get(self.path, status(200))
-                answer = behave(n)
+                    active = receiver._active.get(self.path, 0) + 1
+                    receiver._active[self.path] = active
+                    top = max(active, receiver.max_concurrent.get(self.path, 0))
+                    receiver.max_concurrent[self.path] = top
+                try:
+                    answer = behave(n)
+                finally:
+                    with receiver._lock:
+                        receiver._active[self.path] -= 1
                 if answer == "close":
                     self.close_connection = True
                     self.connection.close()

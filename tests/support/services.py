@@ -75,7 +75,7 @@ def queue_prefix() -> Iterator[str]:
                 channel.exchange_delete(ex.name)
 
 
-def test_settings(database_url: str, prefix: str, **overrides: Any) -> Settings:
+def fast_settings(database_url: str, prefix: str, **overrides: Any) -> Settings:
     """Settings tuned for fast tests."""
     base = Settings(
         database_url=database_url,

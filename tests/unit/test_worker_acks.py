@@ -30,7 +30,7 @@ class ScriptedRunner:
         self.hold = hold
         self.seen: list[int] = []
 
-    def run(self, job: Job, abort: threading.Event) -> Outcome | Disposition:
+    def run(self, job: Job, abort: threading.Event, report: Any) -> Outcome | Disposition:
         self.seen.append(job.subscription)
         if self.hold is not None:
             while not (self.hold.is_set() or abort.is_set()):

@@ -1,0 +1,151 @@
+"""No change is ever skipped: late commits, checkpoints, leases and out-of-order reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from prometheus_client import REGISTRY
+
+from committer.apply import CHECKPOINT, STALE, apply_batch
+from common import metrics
+from common.messages import Checkpoint, Outcome, new_id
+from common.retry import RetryPolicy
+from tests.integration.conftest import date_time_start, insert_appointments, state, subscribe
+from tests.support import wait_for
+from tests.support.receiver import Receiver, sleep_then
+from tests.support.services import Pipeline, connect, fast_settings
+
+
+def naive_poll(conn: psycopg.Connection[Any], start: datetime) -> tuple[list[int], datetime]:
+    """The seed's loop: window end = the server's now(), no bound for open transactions."""
+    with conn.transaction():
+        (end,) = conn.execute("SELECT now()").fetchone()  # type: ignore[misc]
+        rows = conn.execute(
+            "SELECT aptnum FROM appointment WHERE datetstamp > %s AND datetstamp <= %s "
+            "ORDER BY datetstamp, aptnum",
+            (start, end),
+        ).fetchall()
+    return [r[0] for r in rows], end
+
+
+def test_naive_polling_loses_a_late_commit(database_url: str) -> None:
+    """The reference implementation shows the hole our watermark bound closes."""
+    with connect(database_url) as conn, connect(database_url) as writer:
+        (start,) = conn.execute("SELECT now()").fetchone()  # type: ignore[misc]
+        with writer.transaction():
+            (late,) = writer.execute(
+                "INSERT INTO appointment (note) VALUES ('late') RETURNING aptnum"
+            ).fetchone()  # type: ignore[misc]
+            (early,) = insert_appointments(conn, 1)
+            seen, start = naive_poll(conn, start)
+            assert seen == [early]
+        seen_after, _ = naive_poll(conn, start)
+        assert late not in seen + seen_after  # lost for good
+
+
+def test_pipeline_delivers_a_late_commit(
+    database_url: str, conn: psycopg.Connection[Any], pipeline: Pipeline, receiver: Receiver
+) -> None:
+    num = subscribe(conn, receiver.url())
+    metrics.WATERMARK_HOLD.set(0)
+    pipeline.start_all()
+    with connect(database_url) as writer, writer.transaction():
+        (late,) = writer.execute(
+            "INSERT INTO appointment (note) VALUES ('late') RETURNING aptnum"
+        ).fetchone()  # type: ignore[misc]
+        (stamp,) = writer.execute("SELECT now()").fetchone()  # type: ignore[misc]
+        after = insert_appointments(conn, 2)
+        # Let the producer look several times while the transaction stays open.
+        wait_for(
+            lambda: (REGISTRY.get_sample_value("apievents_watermark_hold_seconds") or 0) > 2.5,
+            30,
+            "the watermark held behind the open transaction",
+        )
+        assert date_time_start(conn, num) < stamp
+        assert receiver.delivered() == []  # nothing after the open transaction went out
+    wait_for(lambda: len(receiver.delivered()) == 3, 30, "everything after the commit")
+    assert [r["AptNum"] for r in receiver.delivered()] == [late, *after]
+
+
+def test_checkpoints_bound_rework_and_keep_ties(
+    database_url: str, prefix: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    # 100 rows sharing one DateTStamp, 10 per batch, a checkpoint every 3 batches; the 8th
+    # POST fails once. Progress was committed after batch 6, so only batches 7 and 8 go again.
+    receiver.behaviours["/c"] = lambda n: 500 if n == 7 else 200
+    num = subscribe(conn, receiver.url("/c"))
+    keys = insert_appointments(conn, 100)
+    p = Pipeline(fast_settings(database_url, prefix, batch_size=10, checkpoint_batches=3))
+    p.start_all()
+    try:
+        wait_for(lambda: state(conn, num)["ConsecutiveFailures"] == 1, 30, "the failure")
+        cursor = conn.execute(
+            "SELECT cursor_key FROM apievents.subscription WHERE subscription_num = %s", (num,)
+        ).fetchone()
+        assert cursor == (str(keys[59]),)
+        wait_for(lambda: len(receiver.delivered("/c")) >= 110, 30, "the rest")
+        wait_for(lambda: state(conn, num)["ConsecutiveFailures"] == 0, 30, "success")
+    finally:
+        p.stop_all()
+    assert [r["AptNum"] for r in receiver.delivered("/c")] == keys[:70] + keys[60:]
+
+
+def test_a_window_longer_than_its_lease_extends_it_and_never_runs_twice(
+    database_url: str, prefix: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    receiver.behaviours["/slow"] = sleep_then(0.25)
+    num = subscribe(conn, receiver.url("/slow"))
+    keys = insert_appointments(conn, 100)
+    settings = fast_settings(
+        database_url,
+        prefix,
+        batch_size=10,
+        lease_seconds=1.0,
+        http_timeout=0.5,
+        http_connect_timeout=0.2,
+    )
+    p = Pipeline(settings).start_all(workers=2)
+    try:
+        wait_for(
+            lambda: (
+                state(conn, num)["LastSuccess"] is not None and not state(conn, num)["InFlight"]
+            ),
+            30,
+            "the window",
+        )
+    finally:
+        p.stop_all()
+    # 10 batches x 0.25 s outlive the 1 s lease: the lease was extended, so no second job ran.
+    assert [r["AptNum"] for r in receiver.delivered("/slow")] == keys
+    assert receiver.max_concurrent["/slow"] == 1
+
+
+def test_checkpoints_never_go_backwards_and_stale_ones_are_ignored(
+    conn: psycopg.Connection[Any],
+) -> None:
+    from datetime import timedelta
+
+    from producer.claim import claim_due
+
+    num = subscribe(conn, "http://127.0.0.1:9/")
+    keys = insert_appointments(conn, 30)
+    (job,) = claim_due(conn, 10, 60, timedelta(0)).jobs
+    holder = new_id()
+    conn.execute("UPDATE apievents.subscription SET claim_holder = %s", (holder,))
+    (ts,) = conn.execute("SELECT max(datetstamp) FROM appointment").fetchone()  # type: ignore[misc]
+    policy = RetryPolicy()
+
+    def cp(seq: int, key: int, who: str = holder) -> Checkpoint:
+        return Checkpoint(job.job_id, who, num, seq, ts, str(key), 10 * seq)
+
+    assert apply_batch(conn, [cp(2, keys[19]), cp(1, keys[9])], policy) == [CHECKPOINT, STALE]
+    assert apply_batch(conn, [cp(3, keys[29], new_id())], policy) == [STALE]
+    row = conn.execute("SELECT cursor_key FROM apievents.subscription").fetchone()
+    assert row == (str(keys[19]),)
+    done = Outcome(job.job_id, holder, num, job.window_start, job.window_end, 0, ok=True)
+    assert apply_batch(conn, [done, cp(3, keys[29])], policy) == ["advanced", STALE]
+    assert conn.execute(
+        "SELECT date_time_start, cursor_key FROM apievents.subscription"
+    ).fetchone() == (job.window_end, None)

@@ -10,6 +10,23 @@ from tests.support.receiver import Receiver
 from tests.support.services import cloned_database, queue_prefix, template_database
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("apievents fault injection")
+    group.addoption(
+        "--soak",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="run the fault-injection suite this long instead of its quick default",
+    )
+    group.addoption(
+        "--fault-seed",
+        type=int,
+        default=20261128,
+        help="seed of the fault-injection suite's writers, endpoints and faults",
+    )
+
+
 @pytest.fixture(scope="session")
 def template_db() -> Iterator[str]:
     with template_database() as name:

@@ -10,25 +10,12 @@ import pytest
 
 from tests.integration.conftest import insert_appointments, subscribe
 from tests.support import wait_for
-from tests.support.processes import Service, service_env
+from tests.support.processes import Stack, service_env
 from tests.support.receiver import Receiver, sleep_then
 
 pytestmark = pytest.mark.acceptance
 
 SERVICES = ("producer", "committer", "worker")
-
-
-class Stack:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.services: dict[str, Service] = {}
-
-    def start(self, name: str) -> None:
-        self.services[name] = Service(name, self.env)
-
-    def close(self) -> None:
-        for s in self.services.values():
-            s.close()
 
 
 @pytest.fixture

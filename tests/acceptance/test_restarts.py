@@ -13,10 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.acceptance.test_processes import SERVICES, Stack, watermark_covers
+from tests.acceptance.test_processes import SERVICES, watermark_covers
 from tests.integration.conftest import insert_appointments, subscribe
 from tests.support import wait_for
-from tests.support.processes import service_env
+from tests.support.processes import Stack, service_env
 from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.acceptance

@@ -84,3 +84,21 @@ class Service:
         if self.proc.poll() is None:
             self.kill()
         self.log.close()
+
+
+class Stack:
+    """A set of running services by name; ``start`` replaces a stopped one."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.services: dict[str, Service] = {}
+
+    def start(self, name: str, command: str | None = None) -> None:
+        old = self.services.get(name)
+        if old is not None:
+            old.close()
+        self.services[name] = Service(command or name, self.env)
+
+    def close(self) -> None:
+        for s in self.services.values():
+            s.close()

@@ -75,10 +75,13 @@ class Receiver:
                     receiver.received.append(
                         Received(self.path, dict(self.headers), orjson.loads(body), answer)
                     )
-                self.send_response(answer)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                try:
+                    self.send_response(answer)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client gave up (its timeout)
 
             def log_message(self, *args: Any) -> None:
                 pass

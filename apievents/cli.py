@@ -6,13 +6,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import psycopg
 
 from common import db, logs, metrics, registry, subscriptions
-from common.lifecycle import ConfigurationError, Lifecycle
+from common.lifecycle import ConfigurationError, Lifecycle, Wired
 from common.migrate import migrate
 from common.settings import Settings, SettingsError, add_arguments, from_namespace
 
@@ -225,7 +225,7 @@ def _service(args: argparse.Namespace, settings: Settings) -> int:
     from producer.service import build as build_producer
     from worker.service import build as build_worker
 
-    builders: dict[str, Callable[[Settings, Lifecycle], tuple[_Service, Callable[[], None]]]] = {
+    builders: dict[str, Callable[[Settings, Lifecycle], Wired]] = {
         "producer": build_producer,
         "worker": build_worker,
         "committer": build_committer,
@@ -233,17 +233,13 @@ def _service(args: argparse.Namespace, settings: Settings) -> int:
     logs.setup(settings.log_level)
     lifecycle = Lifecycle()
     lifecycle.install_signals()
-    metrics.serve(settings.metrics_port)
-    service, close = builders[args.service](settings, lifecycle)
+    wired = builders[args.service](settings, lifecycle)
+    metrics.serve(settings.metrics_port, wired.ready)
     log = logging.getLogger("apievents")
     log.info("started", extra={"service": args.service})
     try:
-        service.run()
+        wired.service.run()
     finally:
-        close()
+        wired.close()
     log.info("stopped", extra={"service": args.service})
     return 0
-
-
-class _Service(Protocol):
-    def run(self) -> None: ...

@@ -7,7 +7,6 @@ point redelivers it; applying it twice is harmless because the update is a compa
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import kombu
 import psycopg
@@ -16,7 +15,7 @@ from psycopg_pool import ConnectionPool
 from committer.apply import apply_batch
 from common import db, metrics
 from common.broker import Broker, drain
-from common.lifecycle import Lifecycle
+from common.lifecycle import Lifecycle, Wired, readiness
 from common.logs import error_text
 from common.messages import Checkpoint, MessageError, Outcome, parse_report
 from common.retry import RetryPolicy
@@ -53,6 +52,7 @@ class Committer:
     def _session(self) -> None:
         self._pending.clear()  # unacked messages of a dead connection are redelivered
         with self.broker.connection() as conn:
+            self.lifecycle.connected.set()
             consumer = kombu.Consumer(
                 conn.channel(),
                 queues=[self.broker.topology.outcomes],
@@ -134,7 +134,7 @@ class Committer:
             )
 
 
-def build(settings: Settings, lifecycle: Lifecycle) -> tuple[Committer, Callable[[], None]]:
+def build(settings: Settings, lifecycle: Lifecycle) -> Wired:
     """Wire a Committer from settings; returns it and a closer for its resources."""
     pool = db.pool(settings.database_url, 2, "committer")
     committer = Committer(
@@ -145,7 +145,7 @@ def build(settings: Settings, lifecycle: Lifecycle) -> tuple[Committer, Callable
         batch=settings.commit_batch,
         linger=settings.commit_linger_seconds,
     )
-    return committer, pool.close
+    return Wired(committer, pool.close, readiness(pool, lifecycle))
 
 
 def _window(report: Outcome | Checkpoint) -> dict[str, str]:

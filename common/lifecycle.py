@@ -7,8 +7,14 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
+from typing import Protocol
 
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from common import queries
 from common.broker import TRANSIENT_ERRORS
 from common.logs import error_text
 
@@ -20,10 +26,14 @@ class ConfigurationError(RuntimeError):
 
 
 class Lifecycle:
-    """A stop event set by the first SIGTERM/SIGINT; a second signal exits at once."""
+    """A stop event set by the first SIGTERM/SIGINT; a second signal exits at once.
+
+    ``connected`` is set while a service's broker session is up (for /readyz).
+    """
 
     def __init__(self) -> None:
         self.stop = threading.Event()
+        self.connected = threading.Event()
 
     def install_signals(self) -> None:
         """Route SIGTERM and SIGINT here (main thread only)."""
@@ -41,14 +51,49 @@ class Lifecycle:
         ``session`` returns normally only once stop is set and its work is handed back.
         """
         delay = 0.5
+        self.connected.clear()
         while not self.stop.is_set():
             try:
                 session()
                 delay = 0.5
             except TRANSIENT_ERRORS as e:
+                self.connected.clear()
                 log.warning(
                     "reconnecting",
                     extra={"service": name, "error": error_text(e), "retry_in": delay},
                 )
                 self.stop.wait(delay)
                 delay = min(delay * 2, 5.0)
+        self.connected.clear()
+
+
+class Service(Protocol):
+    """A long-running service."""
+
+    def run(self) -> None:
+        """Serve until the lifecycle's stop is set."""
+
+
+@dataclass(frozen=True)
+class Wired:
+    """A service with what the process needs around it."""
+
+    service: Service
+    close: Callable[[], None]
+    ready: Callable[[], bool]
+
+
+def readiness(pool: ConnectionPool, lifecycle: Lifecycle) -> Callable[[], bool]:
+    """Ready while the broker session is up and the database answers."""
+
+    def ready() -> bool:
+        if not lifecycle.connected.is_set():
+            return False
+        try:
+            with pool.connection(timeout=2) as conn:
+                conn.execute(queries.PING)
+        except (psycopg.Error, PoolTimeout):
+            return False
+        return True
+
+    return ready

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 JOBS_PUBLISHED = Counter("apievents_jobs_published", "Jobs published to the broker.")
 SUBSCRIPTIONS_DUE = Gauge("apievents_subscriptions_due", "Due subscriptions in the last tick.")
+SUBSCRIPTION_LAG = Gauge(
+    "apievents_subscription_lag_seconds",
+    "Largest age, among active subscriptions, of the oldest change not yet delivered.",
+)
 WATERMARK_HOLD = Gauge(
     "apievents_watermark_hold_seconds",
     "How far open transactions (and the safety margin) hold window ends behind the DB clock.",
@@ -28,7 +38,31 @@ COMMIT_BATCH_SIZE = Histogram(
 )
 
 
-def serve(port: int) -> None:
-    """Serve /metrics on ``port`` (0 disables)."""
-    if port:
-        start_http_server(port)
+def serve(port: int, ready: Callable[[], bool]) -> None:
+    """Serve /metrics, /healthz (alive) and /readyz (``ready()``) on ``port``; 0 disables."""
+    if not port:
+        return
+    metrics_app = make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            return _plain(start_response, "200 OK", b"ok\n")
+        if path == "/readyz":
+            if ready():
+                return _plain(start_response, "200 OK", b"ready\n")
+            return _plain(start_response, "503 Service Unavailable", b"not ready\n")
+        return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+
+    server = make_server("", port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+
+def _plain(start_response: Any, status: str, body: bytes) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not events worth a log line."""

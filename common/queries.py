@@ -13,6 +13,8 @@ from psycopg import sql
 if TYPE_CHECKING:
     from common.registry import WatchTable
 
+PING = "SELECT 1"
+
 # -- WatchTable registry ------------------------------------------------------------------------
 
 REGISTRY_COLUMNS = "name, table_schema, table_name, key_column, timestamp_column, fields"
@@ -173,6 +175,24 @@ WHERE claim_job = ANY(%s::uuid[])
 def newest_change(wt: WatchTable) -> sql.Composed:
     """The newest timestamp in a watched table: one index lookup, shared by its subscriptions."""
     return sql.SQL("SELECT max({ts}) FROM {table}").format(ts=wt.ts_ident, table=wt.table_ident)
+
+
+# Per WatchTable, the position of the furthest-behind active subscription (and whether it sits
+# inside a timestamp, so rows at that timestamp may still be due).
+LAGGING_POSITIONS = """
+SELECT DISTINCT ON (watch_table) watch_table, date_time_start, cursor_key IS NOT NULL
+FROM apievents.subscription
+WHERE status = 'active' AND (date_time_stop IS NULL OR date_time_stop > now())
+ORDER BY watch_table, date_time_start, cursor_key IS NOT NULL DESC
+"""
+
+
+def oldest_change_after(wt: WatchTable, *, inclusive: bool) -> sql.Composed:
+    """The oldest change after a position: one index lookup. Parameter: start."""
+    op = sql.SQL(">=" if inclusive else ">")
+    return sql.SQL("SELECT min({ts}) FROM {table} WHERE {ts} {op} %(start)s").format(
+        ts=wt.ts_ident, table=wt.table_ident, op=op
+    )
 
 
 # -- Worker -------------------------------------------------------------------------------------

@@ -16,12 +16,14 @@ from psycopg_pool import ConnectionPool
 
 from common import db, metrics
 from common.broker import Broker
-from common.lifecycle import ConfigurationError, Lifecycle
+from common.lifecycle import ConfigurationError, Lifecycle, Wired, readiness
 from common.messages import Job
 from common.settings import Settings
 from producer.claim import can_see_all_transactions, claim_due, release
+from producer.lag import largest_lag
 
 log = logging.getLogger(__name__)
+LAG_INTERVAL = 5.0  # seconds between lag measurements
 
 
 class UnsafeRoleError(ConfigurationError):
@@ -52,6 +54,7 @@ class Producer:
         self.margin = timedelta(seconds=margin_seconds)
         self.warn_seconds = warn_seconds
         self._next_warning = 0.0
+        self._next_lag = 0.0
 
     def run(self) -> None:
         """Serve until stopped, reconnecting after broker or database trouble."""
@@ -65,10 +68,14 @@ class Producer:
                     "transactions of other roles are invisible and changes could be skipped"
                 )
         with self.broker.connection() as conn:
+            self.lifecycle.connected.set()
             publisher = self.broker.publisher(conn)
             while not self.lifecycle.stop.is_set():
                 with self.pool.connection() as db_conn:
                     claimed = claim_due(db_conn, self.claim_batch, self.lease_seconds, self.margin)
+                    if time.monotonic() >= self._next_lag:
+                        metrics.SUBSCRIPTION_LAG.set(max(0.0, largest_lag(db_conn, claimed.clock)))
+                        self._next_lag = time.monotonic() + LAG_INTERVAL
                 metrics.SUBSCRIPTIONS_DUE.set(claimed.due)
                 self._watch_hold(claimed.hold_seconds)
                 self._publish(publisher.publish, claimed.jobs)
@@ -108,7 +115,7 @@ class Producer:
             log.warning("release_failed", extra={"jobs": len(jobs), "error": str(e)})
 
 
-def build(settings: Settings, lifecycle: Lifecycle) -> tuple[Producer, Callable[[], None]]:
+def build(settings: Settings, lifecycle: Lifecycle) -> Wired:
     """Wire a Producer from settings; returns it and a closer for its resources."""
     pool = db.pool(settings.database_url, 2, "producer")
     producer = Producer(
@@ -121,4 +128,4 @@ def build(settings: Settings, lifecycle: Lifecycle) -> tuple[Producer, Callable[
         margin_seconds=settings.watermark_margin_seconds,
         warn_seconds=settings.watermark_warn_seconds,
     )
-    return producer, pool.close
+    return Wired(producer, pool.close, readiness(pool, lifecycle))

@@ -11,14 +11,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import kombu
 
 from common import db, metrics
 from common.broker import Broker, Publisher, drain
-from common.lifecycle import Lifecycle
+from common.lifecycle import Lifecycle, Wired, readiness
 from common.messages import Checkpoint, Job, MessageError, Outcome
 from common.settings import Settings
 from worker.sender import Sender
@@ -69,6 +68,7 @@ class Worker:
         # may still finish here, but only the copy now delivered can be acked.
         self._in_flight.clear()
         with self.broker.connection() as conn:
+            self.lifecycle.connected.set()
             publisher = self.broker.publisher(conn)
             consumer = kombu.Consumer(
                 conn.channel(),
@@ -125,8 +125,11 @@ class Worker:
                     extra={
                         "subscription": result.subscription,
                         "job": result.job_id,
+                        "window_start": result.window_start.isoformat(),
+                        "window_end": result.window_end.isoformat(),
                         "ok": result.ok,
                         "rows": result.rows,
+                        "error_class": result.error_class,
                     },
                 )
             if not current:
@@ -153,7 +156,7 @@ class Worker:
         return len(self._in_flight)
 
 
-def build(settings: Settings, lifecycle: Lifecycle) -> tuple[Worker, Callable[[], None]]:
+def build(settings: Settings, lifecycle: Lifecycle) -> Wired:
     """Wire a Worker from settings; returns it and a closer for its resources."""
     pool = db.pool(settings.database_url, settings.worker_concurrency + 2, "worker")
     sender = Sender(
@@ -179,4 +182,4 @@ def build(settings: Settings, lifecycle: Lifecycle) -> tuple[Worker, Callable[[]
         sender.close()
         pool.close()
 
-    return worker, close
+    return Wired(worker, close, readiness(pool, lifecycle))

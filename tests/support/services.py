@@ -110,10 +110,10 @@ class Pipeline:
 
         builders: dict[str, Any] = {"producer": producer, "worker": worker, "committer": committer}
         lifecycle = Lifecycle()
-        service, close = builders[kind or name](self.settings, lifecycle)
-        thread = threading.Thread(target=service.run, name=name, daemon=True)
+        wired = builders[kind or name](self.settings, lifecycle)
+        thread = threading.Thread(target=wired.service.run, name=name, daemon=True)
         thread.start()
-        self.running[name] = (lifecycle, thread, close)
+        self.running[name] = (lifecycle, thread, wired.close)
 
     def start_all(self, workers: int = 1) -> Pipeline:
         self.start("producer")

@@ -1,0 +1,166 @@
+"""Deployment files: lint, schema-validate, and cross-check them against the code."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+import common.metrics  # noqa: F401 - registers every metric family
+from apievents.cli import _parser
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
+KUSTOMIZE_KINDS = {"Kustomization", "Component"}
+
+
+def documents() -> list[tuple[Path, dict[str, Any]]]:
+    """Every whole manifest; overlay patches are partial by design and left out."""
+    patches = set()
+    for k in (DEPLOY / "k8s").rglob("kustomization.yaml"):
+        spec = yaml.safe_load(k.read_text())
+        patches |= {(k.parent / p["path"]).resolve() for p in spec.get("patches", [])}
+    out = []
+    for path in sorted((DEPLOY / "k8s").rglob("*.yaml")):
+        if path.resolve() not in patches:
+            out += [(path, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return out
+
+
+def manifests(kind: str) -> list[dict[str, Any]]:
+    return [d for _, d in documents() if d.get("kind") == kind]
+
+
+def exported_samples() -> set[str]:
+    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_count", "_sum"]}
+    return {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith("apievents_")
+        for suffix in suffixes[family.type]
+    }
+
+
+def test_yamllint_is_clean() -> None:
+    done = subprocess.run(
+        [BIN / "yamllint", "-c", ROOT / ".yamllint", DEPLOY], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_core_manifests_pass_kubernetes_validate(tmp_path: Path) -> None:
+    checked = 0
+    for i, (path, doc) in enumerate(documents()):
+        if doc["kind"] in CUSTOM_KINDS | KUSTOMIZE_KINDS:
+            continue
+        single = tmp_path / f"{i}-{path.name}"
+        single.write_text(yaml.safe_dump(doc))
+        done = subprocess.run(
+            [BIN / "kubernetes-validate", "--strict", "--quiet", single],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, f"{path}: {done.stdout}{done.stderr}"
+        checked += 1
+    assert checked >= 10
+
+
+def test_custom_resources_have_the_expected_shape() -> None:
+    (so,) = manifests("ScaledObject")
+    assert so["spec"]["scaleTargetRef"]["name"] == "apievents-worker"
+    assert so["spec"]["triggers"][0]["metadata"]["queueName"] == "apievents.jobs"
+    (hpa,) = manifests("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "apievents-worker"
+    (sm,) = manifests("ServiceMonitor")
+    (svc,) = manifests("Service")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
+
+
+def test_deployments_probe_health_and_outlive_graceful_shutdown() -> None:
+    (config,) = manifests("ConfigMap")
+    shutdown = float(config["data"]["APIEVENTS_SHUTDOWN_TIMEOUT"])
+    commands = set(_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    names = set()
+    for dep in manifests("Deployment"):
+        spec = dep["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        names.add(container["args"][0])
+        assert container["args"][0] in commands
+        assert spec["terminationGracePeriodSeconds"] > shutdown
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert {"requests", "limits"} <= set(container["resources"])
+        assert spec["securityContext"]["runAsNonRoot"] is True
+    assert names == {"producer", "committer", "worker"}
+    assert {
+        p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        for p in manifests("PodDisruptionBudget")
+    } == {f"apievents-{n}" for n in names}
+
+
+def test_dashboard_and_alerts_use_only_exported_metrics() -> None:
+    exported = exported_samples()
+    dashboard = (DEPLOY / "grafana" / "dashboards" / "apievents.json").read_text()
+    json.loads(dashboard)
+    (rule,) = manifests("PrometheusRule")
+    exprs = " ".join(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"])
+    for source, text in (("dashboard", dashboard), ("alerts", exprs)):
+        used = set(re.findall(r"\bapievents_[a-z_]+\b", text))
+        assert used, source
+        assert used <= exported, f"{source} uses unexported {sorted(used - exported)}"
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    for alert in alerts:
+        assert f"### {alert}" in ops, f"docs/operations.md does not explain {alert}"
+
+
+def test_dockerfile_is_multi_stage_non_root_with_apievents_entrypoint() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, re.M)) >= 2
+    (user,) = re.findall(r"^USER (\S+)", text, re.M)
+    assert not user.startswith(("0", "root"))
+    assert re.search(r'^ENTRYPOINT \["apievents"\]', text, re.M)
+    for folder in ("apievents", "common", "producer", "worker", "committer"):
+        assert f"COPY {folder} " in text
+
+
+def test_compose_runs_the_full_stack() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"postgres", "rabbitmq", "producer", "committer", "prometheus", "grafana"} <= set(
+        services
+    )
+    assert sum(1 for s in services.values() if s.get("command") == ["worker"]) == 2
+    for name in ("producer", "committer", "worker-1", "worker-2"):
+        env = services[name]["environment"]
+        assert {"APIEVENTS_DATABASE_URL", "APIEVENTS_BROKER_URL", "APIEVENTS_METRICS_PORT"} <= set(
+            env
+        )
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert {t.split(":")[0] for t in targets} == {"producer", "committer", "worker-1", "worker-2"}
+
+
+@pytest.mark.parametrize(
+    "path", sorted(str(p.relative_to(ROOT)) for p in (DEPLOY / "k8s").rglob("kustomization.yaml"))
+)
+def test_kustomizations_name_files_that_exist(path: str) -> None:
+    file = ROOT / path
+    k = yaml.safe_load(file.read_text())
+    for entry in (
+        k.get("resources", []) + k.get("components", []) + [p["path"] for p in k.get("patches", [])]
+    ):
+        assert (file.parent / entry).exists(), entry
+    for gen in k.get("configMapGenerator", []):
+        for f in gen["files"]:
+            assert (file.parent / f.split("=", 1)[-1]).exists(), f

@@ -7,13 +7,18 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test unit lint services clean
+.PHONY: test unit lint services run clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,demo]'
 	touch $(STAMP)
+
+# The pipeline at work: PostgreSQL and RabbitMQ as configured (APIEVENTS_DATABASE_URL,
+# APIEVENTS_BROKER_URL), or an embedded PostgreSQL and an in-process broker. Ctrl-C stops it.
+run: $(STAMP)
+	$(BIN)/apievents demo
 
 services:
 	bash scripts/services.sh

@@ -120,6 +120,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("num", type=int, help="SubscriptionNum.")
     _subscription_flags(p)
 
+    p = _leaf(commands, "run", "Run several services in one process.", _run)
+    p.add_argument(
+        "--all-in-one",
+        action="store_true",
+        required=True,
+        help="Producer, committer and workers as threads of this process; with "
+        "APIEVENTS_BROKER_URL=memory:// no RabbitMQ is needed.",
+    )
+    p.add_argument("--workers", type=int, default=2, help="Worker threads (default 2).")
+
+    p = _leaf(
+        commands,
+        "demo",
+        "Show the pipeline working: a receiver, a change generator, "
+        "the services, and a status line every second (make run).",
+        _demo,
+    )
+    p.add_argument("--dir", default=".demo", help="Folder for logs and an embedded PostgreSQL.")
+    p.add_argument(
+        "--database-name",
+        default="apievents_demo",
+        help="Database the demo creates and uses; it touches no other.",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=0,
+        help="Stop by itself after this many seconds (default: until Ctrl-C).",
+    )
+
     for name, text in [
         ("producer", "Run the producer: claim due subscriptions and publish jobs."),
         ("worker", "Run a worker: deliver windows to endpoints."),
@@ -220,6 +250,20 @@ def _sub_remove(args: argparse.Namespace, settings: Settings) -> int:
     return _with_conn(settings, lambda c: subscriptions.remove(c, args.num))
 
 
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from apievents.demo import Demo
+
+    return Demo(settings, args.dir, args.database_name, args.duration).run()
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from apievents.allinone import wire
+
+    if args.workers < 1:
+        return _fail("--workers: must be at least 1", EXIT_USAGE)
+    return _serve("all-in-one", settings, lambda lc: wire(settings, lc, args.workers))
+
+
 def _service(args: argparse.Namespace, settings: Settings) -> int:
     from committer.service import build as build_committer
     from producer.service import build as build_producer
@@ -230,16 +274,21 @@ def _service(args: argparse.Namespace, settings: Settings) -> int:
         "worker": build_worker,
         "committer": build_committer,
     }
+    return _serve(args.service, settings, lambda lc: builders[args.service](settings, lc))
+
+
+def _serve(name: str, settings: Settings, build: Callable[[Lifecycle], Wired]) -> int:
+    """Run a long-running service until SIGTERM/SIGINT; exit 0 once its work is handed back."""
     logs.setup(settings.log_level)
     lifecycle = Lifecycle()
     lifecycle.install_signals()
-    wired = builders[args.service](settings, lifecycle)
+    wired = build(lifecycle)
     metrics.serve(settings.metrics_port, wired.ready)
     log = logging.getLogger("apievents")
-    log.info("started", extra={"service": args.service})
+    log.info("started", extra={"service": name})
     try:
         wired.service.run()
     finally:
         wired.close()
-    log.info("stopped", extra={"service": args.service})
+    log.info("stopped", extra={"service": name})
     return 0

@@ -56,13 +56,13 @@ def cli_json(env: dict[str, str], *args: str) -> Any:
 
 
 class Service:
-    """``apievents <name>`` in the background; its log goes to a temporary file."""
+    """``apievents <name>`` (or ``apievents <args>``) in the background, logging to a temp file."""
 
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, env: dict[str, str], args: list[str] | None = None) -> None:
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"apievents-{name}-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [APIEVENTS, name],
+            [APIEVENTS, *(args or [name])],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

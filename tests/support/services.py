@@ -66,13 +66,18 @@ def queue_prefix() -> Iterator[str]:
     try:
         yield prefix
     finally:
-        broker = Broker(BROKER_URL, prefix)
-        with kombu.Connection(BROKER_URL) as conn:
-            channel = conn.channel()
-            for q in broker.topology.queues():
-                channel.queue_delete(q.name)
-            for ex in (broker.topology.exchange, broker.topology.dead_exchange):
-                channel.exchange_delete(ex.name)
+        delete_topology(prefix)
+
+
+def delete_topology(prefix: str) -> None:
+    """Delete the queues and exchanges a test's services declared under ``prefix``."""
+    topology = Broker(BROKER_URL, prefix).topology
+    with kombu.Connection(BROKER_URL) as conn:
+        channel = conn.channel()
+        for q in topology.queues():
+            channel.queue_delete(q.name)
+        for ex in (topology.exchange, topology.dead_exchange):
+            channel.exchange_delete(ex.name)
 
 
 def fast_settings(database_url: str, prefix: str, **overrides: Any) -> Settings:

@@ -15,6 +15,7 @@ from common import db, logs, metrics, registry, subscriptions
 from common.lifecycle import ConfigurationError, Lifecycle, Wired
 from common.migrate import migrate
 from common.settings import Settings, SettingsError, add_arguments, from_namespace
+from common.ssrf import EndpointPolicy
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 1
@@ -28,7 +29,12 @@ _SUB_FLAGS: list[tuple[str, str]] = [
     ("--date-time-start", "Deliver changes after this ISO 8601 time (default: now)."),
     ("--date-time-stop", "Stop delivering at this ISO 8601 time (default: never)."),
     ("--note", "Free text for operators."),
-    ("--secret", "Signing secret (whsec_...); stored, never printed."),
+    (
+        "--secret",
+        "Signing secret (whsec_ + base64 of 24-64 bytes); generated if omitted, "
+        "shown only by `add`. On update, the old one keeps signing for "
+        "--secret-overlap-seconds.",
+    ),
 ]
 
 
@@ -50,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"no subscription {e.args[0]}", EXIT_USAGE)
     except psycopg.OperationalError as e:
         return _fail(f"cannot reach the database: {logs.error_text(e)}", EXIT_UNAVAILABLE)
+    except psycopg.errors.UndefinedTable:
+        return _fail(
+            "the database has no apievents schema: run `apievents migrate`", EXIT_UNAVAILABLE
+        )
+    except psycopg.Error as e:
+        return _fail(f"database error: {logs.error_text(e)}", EXIT_UNAVAILABLE)
     except ConfigurationError as e:
         return _fail(str(e), EXIT_USAGE)
 
@@ -116,6 +128,17 @@ def _parser() -> argparse.ArgumentParser:
         ("remove", "Delete a subscription and print what was deleted.", _sub_remove),
     ]:
         _leaf(sub_cmds, name, text, fn).add_argument("num", type=int, help="SubscriptionNum.")
+    p = _leaf(sub_cmds, "attempts", "Print recent delivery attempts, newest first.", _sub_attempts)
+    p.add_argument("num", type=int, help="SubscriptionNum.")
+    p.add_argument("--limit", type=int, default=100, help="How many (default 100).")
+    p = _leaf(
+        sub_cmds,
+        "rewind",
+        "Re-send everything changed since a time; safe while deliveries run.",
+        _sub_rewind,
+    )
+    p.add_argument("num", type=int, help="SubscriptionNum.")
+    p.add_argument("--to", required=True, help="ISO 8601 time, not later than DateTimeStart.")
     p = _leaf(sub_cmds, "update", "Change the named fields only.", _sub_update)
     p.add_argument("num", type=int, help="SubscriptionNum.")
     _subscription_flags(p)
@@ -222,7 +245,10 @@ def _with_conn(settings: Settings, fn: Callable[[psycopg.Connection[Any]], Any])
 
 
 def _sub_add(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, lambda c: subscriptions.create(c, _subscription_values(args)))
+    policy = EndpointPolicy.from_settings(settings)
+    return _with_conn(
+        settings, lambda c: subscriptions.create(c, _subscription_values(args), policy)
+    )
 
 
 def _sub_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -235,7 +261,23 @@ def _sub_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _sub_update(args: argparse.Namespace, settings: Settings) -> int:
     values = _subscription_values(args)
-    return _with_conn(settings, lambda c: subscriptions.update(c, args.num, values))
+    policy = EndpointPolicy.from_settings(settings)
+    return _with_conn(
+        settings,
+        lambda c: subscriptions.update(
+            c, args.num, values, policy, settings.secret_overlap_seconds
+        ),
+    )
+
+
+def _sub_attempts(args: argparse.Namespace, settings: Settings) -> int:
+    if not 1 <= args.limit <= 1000:
+        return _fail("--limit: must be 1 to 1000", EXIT_USAGE)
+    return _with_conn(settings, lambda c: subscriptions.attempts(c, args.num, args.limit))
+
+
+def _sub_rewind(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_conn(settings, lambda c: subscriptions.rewind(c, args.num, args.to))
 
 
 def _sub_pause(args: argparse.Namespace, settings: Settings) -> int:

@@ -27,6 +27,7 @@ from psycopg import conninfo, sql
 from common import queries, registry, subscriptions
 from common.migrate import migrate
 from common.settings import Settings
+from common.ssrf import EndpointPolicy
 
 NOTE = "apievents demo"
 FEEDS = [("Appointment", "/appointments"), ("Patient", "/patients")]
@@ -165,6 +166,7 @@ class Demo:
                     "note": NOTE,
                     "customer_key": "demo-key",
                 },
+                EndpointPolicy(),  # the demo's receiver is on loopback, always allowed here
             )
             created.append((sub["SubscriptionNum"], table, path))
         return created

@@ -15,7 +15,10 @@ ADVANCED, FAILED, STALE, CHECKPOINT = "advanced", "failed", "stale", "checkpoint
 
 
 def apply_batch(
-    conn: psycopg.Connection[Any], outcomes: Sequence[Outcome | Checkpoint], policy: RetryPolicy
+    conn: psycopg.Connection[Any],
+    outcomes: Sequence[Outcome | Checkpoint],
+    policy: RetryPolicy,
+    disable_after: float = 259200.0,
 ) -> list[str]:
     """Apply every report in one transaction; returns advanced, failed, checkpoint or stale.
 
@@ -23,7 +26,7 @@ def apply_batch(
     end on success, to a checkpoint's position on progress. A failure never touches it.
     """
     with conn.transaction(), conn.pipeline():
-        cursors = [conn.execute(*_statement(o, policy)) for o in outcomes]
+        cursors = [conn.execute(*_statement(o, policy, disable_after)) for o in outcomes]
     return [
         _result(o) if cur.rowcount == 1 else STALE for o, cur in zip(outcomes, cursors, strict=True)
     ]
@@ -35,7 +38,9 @@ def _result(o: Outcome | Checkpoint) -> str:
     return ADVANCED if o.ok else FAILED
 
 
-def _statement(o: Outcome | Checkpoint, policy: RetryPolicy) -> tuple[str, dict[str, Any]]:
+def _statement(
+    o: Outcome | Checkpoint, policy: RetryPolicy, disable_after: float
+) -> tuple[str, dict[str, Any]]:
     claim = {"num": o.subscription, "job": o.job_id, "holder": o.holder}
     if isinstance(o, Checkpoint):
         return queries.COMMIT_CHECKPOINT, claim | {
@@ -52,4 +57,6 @@ def _statement(o: Outcome | Checkpoint, policy: RetryPolicy) -> tuple[str, dict[
         "error": o.error or o.error_class or "failed",
         "http_status": o.http_status,
         "delay": policy.delay(o.failures + 1, o.retry_after),
+        "gone": o.http_status == 410,
+        "disable_after": disable_after,
     }

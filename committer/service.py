@@ -36,6 +36,7 @@ class Committer:
         *,
         batch: int,
         linger: float,
+        disable_after: float = 259200.0,
     ) -> None:
         self.broker = broker
         self.pool = pool
@@ -43,6 +44,7 @@ class Committer:
         self.lifecycle = lifecycle
         self.batch = batch
         self.linger = linger
+        self.disable_after = disable_after
         self._pending: list[tuple[kombu.Message, Outcome | Checkpoint]] = []
 
     def run(self) -> None:
@@ -85,7 +87,7 @@ class Committer:
         outcomes = [o for _, o in self._pending]
         try:
             with self.pool.connection() as conn:
-                results = apply_batch(conn, outcomes, self.policy)
+                results = apply_batch(conn, outcomes, self.policy, self.disable_after)
         except psycopg.OperationalError:
             raise  # transient: the session reconnects and the batch is redelivered
         except psycopg.Error as e:
@@ -101,7 +103,7 @@ class Committer:
         for message, outcome in pending:
             try:
                 with self.pool.connection() as conn:
-                    (result,) = apply_batch(conn, [outcome], self.policy)
+                    (result,) = apply_batch(conn, [outcome], self.policy, self.disable_after)
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as e:
@@ -144,6 +146,7 @@ def build(settings: Settings, lifecycle: Lifecycle) -> Wired:
         lifecycle,
         batch=settings.commit_batch,
         linger=settings.commit_linger_seconds,
+        disable_after=settings.disable_after_seconds,
     )
     return Wired(committer, pool.close, readiness(pool, lifecycle))
 

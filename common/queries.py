@@ -77,6 +77,7 @@ UPDATE apievents.subscription
 SET status = %(status)s, status_reason = %(reason)s, next_attempt_at = now(),
     consecutive_failures = CASE WHEN %(status)s = 'active' THEN 0
                                 ELSE consecutive_failures END,
+    failing_since = CASE WHEN %(status)s = 'active' THEN NULL ELSE failing_since END,
     {_RELEASE}
 WHERE subscription_num = %(num)s
 RETURNING {SUBSCRIPTION_COLUMNS}
@@ -86,6 +87,29 @@ SELECT date_time_start, date_time_stop FROM apievents.subscription
 WHERE subscription_num = %s FOR UPDATE
 """
 AS_TIMESTAMPTZ = "SELECT %s::timestamp::timestamptz"
+# Moving DateTimeStart back re-sends everything changed since. The claim is dropped, so a window
+# in flight stops at its next batch and its outcome can no longer move the watermark.
+REWIND = f"""
+UPDATE apievents.subscription
+SET date_time_start = %(to)s, cursor_key = NULL, next_attempt_at = now(), {_RELEASE}
+WHERE subscription_num = %(num)s AND date_time_start >= %(to)s
+RETURNING {SUBSCRIPTION_COLUMNS}
+"""
+ATTEMPTS = """
+SELECT attempt_id, at, window_start, window_end, batch, rows, http_status, latency_ms,
+       error_class
+FROM apievents.attempt WHERE subscription_num = %s
+ORDER BY attempt_id DESC LIMIT %s
+"""
+ATTEMPTS_KEPT_PER_SUBSCRIPTION = 1000
+PRUNE_ATTEMPTS = f"""
+DELETE FROM apievents.attempt a
+WHERE a.at < now() - %(retention)s * interval '1 second'
+   OR a.attempt_id <= (SELECT b.attempt_id FROM apievents.attempt b
+                       WHERE b.subscription_num = a.subscription_num
+                       ORDER BY b.attempt_id DESC
+                       OFFSET {ATTEMPTS_KEPT_PER_SUBSCRIPTION} LIMIT 1)
+"""
 UPDATABLE = (
     "endpoint_url",
     "workstation",
@@ -107,6 +131,16 @@ def subscription_update(columns: list[str]) -> sql.Composed:
     )
     if "date_time_start" in columns:  # a new start is a whole timestamp: no cursor within it
         sets = sql.SQL(", ").join([sets, sql.SQL("cursor_key = NULL")])
+    if "secret" in columns:  # rotation: the replaced secret keeps signing for the overlap
+        sets = sql.SQL(", ").join(
+            [
+                sets,
+                sql.SQL(
+                    "previous_secret = secret, "
+                    "previous_secret_expires_at = now() + %(overlap)s * interval '1 second'"
+                ),
+            ]
+        )
     return sql.SQL(
         "UPDATE apievents.subscription SET {sets}, next_attempt_at = now(), {release} "
         "WHERE subscription_num = %(num)s RETURNING {cols}"
@@ -209,13 +243,23 @@ FROM apievents.watch_table w
 WHERE s.subscription_num = %(num)s AND s.claim_job = %(job)s AND s.status = 'active'
   AND w.name = s.watch_table
 RETURNING s.date_time_start, s.cursor_key, s.claim_seq, s.endpoint_url, s.customer_key,
-          s.workstation, w.{REGISTRY_COLUMNS.replace(", ", ", w.")}
+          s.workstation, s.secret,
+          CASE WHEN s.previous_secret_expires_at > now() THEN s.previous_secret END,
+          w.{REGISTRY_COLUMNS.replace(", ", ", w.")}
 """
 
 EXTEND_LEASE = """
 UPDATE apievents.subscription
 SET claim_expires_at = now() + %(lease)s * interval '1 second'
 WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
+"""
+
+
+RECORD_ATTEMPT = """
+INSERT INTO apievents.attempt (subscription_num, window_start, window_end, batch, rows,
+                               http_status, latency_ms, error_class)
+VALUES (%(num)s, %(window_start)s, %(window_end)s, %(batch)s, %(rows)s, %(http_status)s,
+        %(latency_ms)s, %(error_class)s)
 """
 
 
@@ -252,7 +296,7 @@ UPDATE apievents.subscription
 SET date_time_start = %(window_end)s, cursor_key = NULL,
     next_attempt_at = claimed_at + polling_seconds * interval '1 second',
     consecutive_failures = 0, last_error = NULL, last_http_status = %(http_status)s,
-    last_success_at = now(), {_RELEASE}
+    failing_since = NULL, last_success_at = now(), {_RELEASE}
 WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
 """
 
@@ -261,15 +305,25 @@ WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(ho
 COMMIT_CHECKPOINT = """
 UPDATE apievents.subscription
 SET date_time_start = %(position_ts)s, cursor_key = %(position_key)s, claim_seq = %(seq)s,
-    last_success_at = now(), updated_at = now()
+    failing_since = NULL, last_success_at = now(), updated_at = now()
 WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
   AND claim_seq < %(seq)s
 """
 
+# A failure backs off; 410 Gone, or failing continuously for disable_after seconds, disables.
 COMMIT_FAILURE = f"""
 UPDATE apievents.subscription
 SET consecutive_failures = consecutive_failures + 1, last_error = %(error)s,
     last_http_status = %(http_status)s,
+    failing_since = coalesce(failing_since, now()),
+    status = CASE WHEN %(gone)s
+                    OR failing_since <= now() - %(disable_after)s * interval '1 second'
+                  THEN 'disabled' ELSE status END,
+    status_reason = CASE
+        WHEN %(gone)s THEN 'the endpoint answered 410 Gone'
+        WHEN failing_since <= now() - %(disable_after)s * interval '1 second'
+        THEN 'failing continuously since ' || failing_since::text
+        ELSE status_reason END,
     next_attempt_at = now() + %(delay)s * interval '1 second', {_RELEASE}
 WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -53,6 +54,23 @@ class Settings:
     sender_name: str = _opt(
         socket.gethostname(), "Worker: Workstation header when a subscription names none."
     )
+    deny_private_endpoints: bool = _opt(
+        False, "Also refuse endpoints on loopback and private networks (1/0)."
+    )
+    allowed_networks: str = _opt(
+        "", "Comma-separated CIDRs always allowed, overriding --deny-private-endpoints."
+    )
+    https_only: bool = _opt(False, "Refuse endpoints that are not https:// (1/0).")
+    ca_bundle: str = _opt("", "PEM file of CAs to verify endpoints' TLS with (default: certifi).")
+    secret_overlap_seconds: float = _opt(
+        86400.0, "After a secret is replaced, keep signing with the old one too for this long."
+    )
+    disable_after_seconds: float = _opt(
+        259200.0, "Disable a subscription that has failed continuously for this long."
+    )
+    attempt_retention_seconds: float = _opt(
+        604800.0, "Keep the attempt log for this long (and at most 1000 per subscription)."
+    )
     retry_base_seconds: float = _opt(5.0, "First retry delay after a failed window.")
     retry_cap_seconds: float = _opt(3600.0, "Longest retry delay after repeated failures.")
     commit_batch: int = _opt(500, "Committer: most outcomes applied in one transaction.")
@@ -74,6 +92,11 @@ class Settings:
         ]
         checks += [(n, getattr(self, n) > 0, "must be positive") for n in _POSITIVE]
         checks.append(("checkpoint_batches", self.checkpoint_batches >= 1, "must be at least 1"))
+        try:
+            self.networks()
+            checks.append(("allowed_networks", True, ""))
+        except ValueError as e:
+            checks.append(("allowed_networks", False, f"not a list of CIDRs ({e})"))
         checks.append(
             (
                 "lease_seconds",
@@ -85,6 +108,14 @@ class Settings:
         for name, ok, why in checks:
             if not ok:
                 raise SettingsError(f"--{_flag(name)}: {why}")
+
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """--allowed-networks parsed."""
+        return tuple(
+            ipaddress.ip_network(n.strip(), strict=False)
+            for n in self.allowed_networks.split(",")
+            if n.strip()
+        )
 
     @classmethod
     def load(
@@ -114,6 +145,9 @@ _POSITIVE = (
     "shutdown_timeout",
     "watermark_margin_seconds",
     "watermark_warn_seconds",
+    "secret_overlap_seconds",
+    "disable_after_seconds",
+    "attempt_retention_seconds",
 )
 _TYPES: dict[str, Any] = {f.name: f.type for f in dataclasses.fields(Settings)}
 
@@ -130,6 +164,11 @@ def _flag(name: str) -> str:
 def _convert(name: str, kind: Any, raw: Any) -> Any:
     if not isinstance(raw, str):
         return raw
+    if kind in ("bool", bool):
+        value = raw.strip().lower()
+        if value not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
+            raise SettingsError(f"--{_flag(name)} / {env_name(name)}: expected 1 or 0: {raw!r}")
+        return value in ("1", "true", "yes", "on")
     try:
         if kind in ("int", int):
             return int(raw)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -11,6 +14,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from common import queries, registry
+from common.ssrf import EndpointPolicy, EndpointRefused
 
 # Open Dental's field name for each column an operator may set.
 FIELDS = {
@@ -24,7 +28,7 @@ FIELDS = {
     "note": "Note",
     "secret": "Secret",
 }
-_MAX_TEXT = {"workstation": 255, "customer_key": 255, "note": 4000, "secret": 255}
+_MAX_TEXT = {"workstation": 255, "customer_key": 255, "note": 4000}
 
 
 class InputError(ValueError):
@@ -45,16 +49,25 @@ class NotFound(LookupError):
 
 
 def validate(
-    conn: psycopg.Connection[Any], values: Mapping[str, Any], *, partial: bool
+    conn: psycopg.Connection[Any],
+    values: Mapping[str, Any],
+    *,
+    partial: bool,
+    policy: EndpointPolicy,
 ) -> dict[str, Any]:
     """Check and normalise input; every problem is an InputError naming its field."""
     out: dict[str, Any] = {}
     for column, raw in values.items():
         if column not in FIELDS:
             raise InputError(column, "unknown field")
-        if raw is None and column not in ("date_time_start", "date_time_stop", "secret"):
+        if raw is None and column not in ("date_time_start", "date_time_stop"):
             raise InputError(column, "must not be empty")
         out[column] = _check(conn, column, raw)
+    if "endpoint_url" in out:
+        try:
+            policy.check(out["endpoint_url"])
+        except EndpointRefused as e:
+            raise InputError("endpoint_url", f"refused: {e}") from None
     if not partial:
         for column in ("endpoint_url", "watch_table", "polling_seconds"):
             if column not in out:
@@ -77,10 +90,30 @@ def _check(conn: psycopg.Connection[Any], column: str, raw: Any) -> Any:
         return _positive_int(column, raw)
     if column in ("date_time_start", "date_time_stop"):
         return None if raw is None else _in_db_zone(conn, parse_time(column, raw))
-    text = "" if raw is None and column != "secret" else raw
-    if text is not None and (not isinstance(text, str) or len(text) > _MAX_TEXT[column]):
+    if column == "secret":
+        return check_secret(raw)
+    if not isinstance(raw, str) or len(raw) > _MAX_TEXT[column]:
         raise InputError(column, f"must be text of at most {_MAX_TEXT[column]} characters")
+    if any(ord(c) < 32 for c in raw) and column != "note":
+        raise InputError(column, "must not contain control characters")  # header injection
+    return raw
+
+
+def check_secret(raw: Any) -> str:
+    """A Standard Webhooks secret: ``whsec_`` and base64 of 24 to 64 random bytes."""
+    text = raw if isinstance(raw, str) else ""
+    try:
+        key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+    except binascii.Error:
+        key = b""
+    if not text.startswith("whsec_") or not 24 <= len(key) <= 64:
+        raise InputError("secret", "must be whsec_ followed by base64 of 24 to 64 bytes")
     return text
+
+
+def new_secret() -> str:
+    """A fresh signing secret."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def check_url(url: str) -> str:
@@ -135,12 +168,15 @@ def _in_db_zone(conn: psycopg.Connection[Any], t: datetime) -> datetime:
     return row[0]  # type: ignore[no-any-return]
 
 
-def create(conn: psycopg.Connection[Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate and insert; returns the subscription's JSON form."""
-    clean = validate(conn, values, partial=False)
+def create(
+    conn: psycopg.Connection[Any], values: Mapping[str, Any], policy: EndpointPolicy
+) -> dict[str, Any]:
+    """Validate and insert; returns the JSON form, with the signing secret shown this once."""
+    clean = validate(conn, values, partial=False, policy=policy)
+    clean.setdefault("secret", new_secret())
     params = dict.fromkeys(FIELDS) | {"workstation": "", "customer_key": "", "note": ""} | clean
     row = conn.execute(queries.SUBSCRIPTION_INSERT, params).fetchone()
-    return to_json(conn, row)
+    return to_json(conn, row) | {"Secret": clean["secret"]}
 
 
 def get(conn: psycopg.Connection[Any], num: int) -> dict[str, Any]:
@@ -154,9 +190,18 @@ def list_all(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     return [to_json(conn, r) for r in cur.fetchall()]
 
 
-def update(conn: psycopg.Connection[Any], num: int, values: Mapping[str, Any]) -> dict[str, Any]:
-    """Change only the named fields; drops any claim so the change takes effect at once."""
-    clean = validate(conn, values, partial=True)
+def update(
+    conn: psycopg.Connection[Any],
+    num: int,
+    values: Mapping[str, Any],
+    policy: EndpointPolicy,
+    secret_overlap: float = 86400.0,
+) -> dict[str, Any]:
+    """Change only the named fields; drops any claim so the change takes effect at once.
+
+    A new secret replaces the old one, which keeps signing for ``secret_overlap`` seconds.
+    """
+    clean = validate(conn, values, partial=True, policy=policy)
     if not clean:
         return get(conn, num)
     with conn.transaction():
@@ -168,7 +213,8 @@ def update(conn: psycopg.Connection[Any], num: int, values: Mapping[str, Any]) -
         if start is not None and stop is not None and stop <= start:
             raise InputError("date_time_stop", "must be after DateTimeStart")
         row = conn.execute(
-            queries.subscription_update(list(clean)), clean | {"num": num}
+            queries.subscription_update(list(clean)),
+            clean | {"num": num, "overlap": secret_overlap},
         ).fetchone()
     return to_json(conn, row, num)
 
@@ -181,6 +227,37 @@ def set_status(
         queries.SUBSCRIPTION_SET_STATUS, {"status": status, "reason": reason, "num": num}
     ).fetchone()
     return to_json(conn, row, num)
+
+
+def rewind(conn: psycopg.Connection[Any], num: int, to: Any) -> dict[str, Any]:
+    """Re-send everything changed after ``to``; safe while deliveries run."""
+    when = _in_db_zone(conn, parse_time("to", to))
+    row = conn.execute(queries.REWIND, {"num": num, "to": when}).fetchone()
+    if row is None:
+        current = get(conn, num)  # NotFound if there is no such subscription
+        raise InputError("to", f"must not be later than DateTimeStart {current['DateTimeStart']}")
+    return to_json(conn, row, num)
+
+
+def attempts(conn: psycopg.Connection[Any], num: int, limit: int = 100) -> list[dict[str, Any]]:
+    """The most recent delivery attempts, newest first."""
+    get(conn, num)
+    return [
+        {
+            "AttemptNum": a,
+            "At": _iso(at),
+            "WindowStart": _iso(ws),
+            "WindowEnd": _iso(we),
+            "Batch": batch,
+            "Rows": n,
+            "HttpStatus": status,
+            "LatencyMs": ms,
+            "ErrorClass": error_class,
+        }
+        for a, at, ws, we, batch, n, status, ms, error_class in conn.execute(
+            queries.ATTEMPTS, (num, limit)
+        ).fetchall()
+    ]
 
 
 def remove(conn: psycopg.Connection[Any], num: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from psycopg_pool import ConnectionPool
 
-from common import db, metrics
+from common import db, metrics, queries
 from common.broker import Broker
 from common.lifecycle import ConfigurationError, Lifecycle, Wired, readiness
 from common.messages import Job
@@ -24,6 +24,7 @@ from producer.lag import largest_lag
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL = 5.0  # seconds between lag measurements
+PRUNE_INTERVAL = 60.0  # seconds between attempt-log prunes
 
 
 class UnsafeRoleError(ConfigurationError):
@@ -44,6 +45,7 @@ class Producer:
         lease_seconds: float,
         margin_seconds: float,
         warn_seconds: float,
+        attempt_retention: float = 604800.0,
     ) -> None:
         self.broker = broker
         self.pool = pool
@@ -53,8 +55,10 @@ class Producer:
         self.lease_seconds = lease_seconds
         self.margin = timedelta(seconds=margin_seconds)
         self.warn_seconds = warn_seconds
+        self.attempt_retention = attempt_retention
         self._next_warning = 0.0
         self._next_lag = 0.0
+        self._next_prune = 0.0
 
     def run(self) -> None:
         """Serve until stopped, reconnecting after broker or database trouble."""
@@ -76,6 +80,11 @@ class Producer:
                     if time.monotonic() >= self._next_lag:
                         metrics.SUBSCRIPTION_LAG.set(max(0.0, largest_lag(db_conn, claimed.clock)))
                         self._next_lag = time.monotonic() + LAG_INTERVAL
+                    if time.monotonic() >= self._next_prune:
+                        db_conn.execute(
+                            queries.PRUNE_ATTEMPTS, {"retention": self.attempt_retention}
+                        )
+                        self._next_prune = time.monotonic() + PRUNE_INTERVAL
                 metrics.SUBSCRIPTIONS_DUE.set(claimed.due)
                 self._watch_hold(claimed.hold_seconds)
                 self._publish(publisher.publish, claimed.jobs)
@@ -127,5 +136,6 @@ def build(settings: Settings, lifecycle: Lifecycle) -> Wired:
         lease_seconds=settings.lease_seconds,
         margin_seconds=settings.watermark_margin_seconds,
         warn_seconds=settings.watermark_warn_seconds,
+        attempt_retention=settings.attempt_retention_seconds,
     )
     return Wired(producer, pool.close, readiness(pool, lifecycle))

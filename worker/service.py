@@ -20,6 +20,7 @@ from common.broker import Broker, Publisher, drain
 from common.lifecycle import Lifecycle, Wired, readiness
 from common.messages import Checkpoint, Job, MessageError, Outcome
 from common.settings import Settings
+from common.ssrf import EndpointPolicy
 from worker.sender import Sender
 from worker.window import Disposition, WindowRunner
 
@@ -160,7 +161,11 @@ def build(settings: Settings, lifecycle: Lifecycle) -> Wired:
     """Wire a Worker from settings; returns it and a closer for its resources."""
     pool = db.pool(settings.database_url, settings.worker_concurrency + 2, "worker")
     sender = Sender(
-        settings.http_timeout, settings.http_connect_timeout, settings.worker_concurrency
+        settings.http_timeout,
+        settings.http_connect_timeout,
+        settings.worker_concurrency,
+        EndpointPolicy.from_settings(settings),
+        settings.ca_bundle,
     )
     runner = WindowRunner(
         pool,

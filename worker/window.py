@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +19,7 @@ from common.broker import TRANSIENT_ERRORS
 from common.logs import error_text
 from common.messages import Checkpoint, Job, Outcome, new_id
 from common.registry import WatchTable
-from worker import rows
+from worker import rows, signing
 from worker.sender import Answer, Sender
 
 log = logging.getLogger(__name__)
@@ -45,24 +46,33 @@ class Target:
     endpoint_url: str
     customer_key: str
     workstation: str
+    secrets: tuple[str, ...]
     watch_table: WatchTable
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Target:
         """From a TAKE_OVER row."""
-        start, cursor_key, seq, url, customer_key, workstation = row[:6]
+        start, cursor_key, seq, url, customer_key, workstation, secret, previous = row[:8]
+        live = tuple(s for s in (secret, previous) if s)
         return cls(
-            start, cursor_key, seq, url, customer_key, workstation, WatchTable.from_row(row[6:])
+            start,
+            cursor_key,
+            seq,
+            url,
+            customer_key,
+            workstation,
+            live,
+            WatchTable.from_row(row[8:]),
         )
 
-    def headers(self, default_workstation: str) -> dict[str, str]:
-        """Open Dental's webhook headers."""
+    def headers(self, subscription: int, body: bytes, default_workstation: str) -> dict[str, str]:
+        """Open Dental's webhook headers plus the Standard Webhooks signature headers."""
         return {
             "Content-Type": "application/json",
             "Authorization": self.customer_key,
             "Workstation": self.workstation or default_workstation,
             "Event-Type": f"WatchTable: {self.watch_table.name}",
-        }
+        } | signing.headers(subscription, body, self.secrets, int(time.time()))
 
 
 Report = Callable[[Checkpoint], None]
@@ -128,7 +138,6 @@ class WindowRunner:
         self, job: Job, holder: str, target: Target, abort: threading.Event, report: Report
     ) -> Outcome | Disposition:
         wt = target.watch_table
-        headers = target.headers(self.workstation)
         after: tuple[Any, Any] | None = None
         if target.cursor_key is not None:
             after = (target.start, target.cursor_key)
@@ -140,9 +149,12 @@ class WindowRunner:
             page = self._next_page(job, holder, wt, target.start, after)
             if not page:
                 break
-            answer = self.sender.post(target.endpoint_url, rows.encode(wt, page), headers)
+            body = rows.encode(wt, page)
+            headers = target.headers(job.subscription, body, self.workstation)
+            answer = self.sender.post(target.endpoint_url, body, headers)
             metrics.DELIVERIES.labels(answer.outcome).inc()
             metrics.DELIVERY_DURATION.observe(answer.seconds)
+            self._record(job, batches + 1, len(page), answer)
             if not answer.ok:
                 log.info(
                     "batch_failed",
@@ -168,6 +180,23 @@ class WindowRunner:
                     )
                 )
         return self._outcome(job, holder, sent, batches, Answer(True, 200))
+
+    def _record(self, job: Job, batch: int, count: int, answer: Answer) -> None:
+        """The attempt log: what an operator sees with `subscriptions attempts N`."""
+        with self.pool.connection() as conn:
+            conn.execute(
+                queries.RECORD_ATTEMPT,
+                {
+                    "num": job.subscription,
+                    "window_start": job.window_start,
+                    "window_end": job.window_end,
+                    "batch": batch,
+                    "rows": count,
+                    "http_status": answer.http_status,
+                    "latency_ms": round(answer.seconds * 1000),
+                    "error_class": answer.error_class,
+                },
+            )
 
     def _next_page(
         self,

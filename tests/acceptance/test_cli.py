@@ -13,6 +13,7 @@ from tests.support.services import admin, db_url
 
 pytestmark = pytest.mark.acceptance
 
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes
 ALL_FIELDS = {
     "SubscriptionNum",
     "EndPointUrl",
@@ -83,12 +84,17 @@ def test_add_prints_open_dental_fields_and_defaults_start_to_now(env: dict[str, 
         "--note",
         "hello",
         "--secret",
-        "whsec_c2VjcmV0",
+        SECRET,
     )
     assert set(sub) >= ALL_FIELDS
     assert (sub["CustomerKey"], sub["Workstation"], sub["Note"]) == ("CK1", "WS", "hello")
     assert sub["Status"] == "active" and sub["PollingSeconds"] == 5
-    assert "whsec" not in str(sub)  # the secret is never printed
+    assert sub["Secret"] == SECRET  # shown by `add` only
+    num = str(sub["SubscriptionNum"])
+    assert "whsec" not in str(cli_json(env, "subscriptions", "show", num))
+    assert "whsec" not in str(cli_json(env, "subscriptions", "list"))
+    generated = add(env)["Secret"]
+    assert generated.startswith("whsec_") and len(generated) > 40
     start = datetime.fromisoformat(str(sub["DateTimeStart"]))
     assert abs(start - datetime.now(start.tzinfo)) < timedelta(minutes=1)
 
@@ -222,6 +228,15 @@ def test_help_explains_every_command(env: dict[str, str]) -> None:
     text = cli(env, "worker", "--help").stdout
     for var in ("APIEVENTS_DATABASE_URL", "APIEVENTS_BROKER_URL", "APIEVENTS_METRICS_PORT"):
         assert var in text
+
+
+def test_unmigrated_database_is_a_clear_error(empty_env: dict[str, str]) -> None:
+    done = cli(empty_env, "subscriptions", "list")
+    assert done.returncode == 1
+    assert (
+        done.stderr == "apievents: error: the database has no apievents schema: run "
+        "`apievents migrate`\n"
+    )
 
 
 def test_unreachable_database_is_a_clear_error(env: dict[str, str]) -> None:

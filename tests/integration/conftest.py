@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from common import subscriptions
+from common.ssrf import EndpointPolicy
 from tests.support.services import Pipeline, connect, fast_settings
 
 pytestmark = pytest.mark.integration
@@ -31,7 +32,7 @@ def subscribe(
     conn: psycopg.Connection[Any], url: str, watch_table: str = "Appointment", **extra: Any
 ) -> int:
     values = {"endpoint_url": url, "watch_table": watch_table, "polling_seconds": 1} | extra
-    return int(subscriptions.create(conn, values)["SubscriptionNum"])
+    return int(subscriptions.create(conn, values, EndpointPolicy())["SubscriptionNum"])
 
 
 def insert_appointments(

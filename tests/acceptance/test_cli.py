@@ -143,6 +143,18 @@ def test_list_show_update_pause_resume_remove(env: dict[str, str]) -> None:
             ],
             "--date-time-stop",
         ),
+        (["--date-time-stop", "soon"], "--date-time-stop"),
+        (["--endpoint-url", "http://169.254.169.254/latest/meta-data/"], "--endpoint-url"),
+        (["--endpoint-url", "http://[fe80::1]:2097/"], "--endpoint-url"),
+        (["--endpoint-url", "http://0.0.0.0:2097/"], "--endpoint-url"),
+        (["--endpoint-url", "http://224.0.0.1/"], "--endpoint-url"),
+        (["--endpoint-url", "http://[::ffff:169.254.169.254]/"], "--endpoint-url"),
+        (["--endpoint-url", "http://does-not-exist.invalid/"], "--endpoint-url"),
+        (["--customer-key", "k" * 256], "--customer-key"),
+        (["--workstation", "FRONT\r\nX-Injected: 1"], "--workstation"),
+        (["--note", "n" * 4001], "--note"),
+        (["--secret", "whsec_c2hvcnQ="], "--secret"),
+        (["--secret", "not-a-secret"], "--secret"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(
@@ -162,6 +174,51 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"apievents: error: {flag}:")
     assert count(env) == before
+
+
+@pytest.mark.parametrize(
+    "extra_env, url, ok",
+    [
+        ({"APIEVENTS_HTTPS_ONLY": "1"}, "http://127.0.0.1:2097/", False),
+        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "1"}, "http://127.0.0.1:2097/", False),
+        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "1"}, "http://192.168.1.14:2097/", False),
+        (
+            {
+                "APIEVENTS_DENY_PRIVATE_ENDPOINTS": "1",
+                "APIEVENTS_ALLOWED_NETWORKS": "192.168.1.0/24",
+            },
+            "http://192.168.1.14:2097/",
+            True,
+        ),
+        ({}, "http://192.168.1.14:2097/", True),  # Open Dental's own docs use such endpoints
+    ],
+)
+def test_operator_endpoint_policy(
+    env: dict[str, str], extra_env: dict[str, str], url: str, ok: bool
+) -> None:
+    done = cli(
+        {**env, **extra_env},
+        "subscriptions",
+        "add",
+        "--endpoint-url",
+        url,
+        "--watch-table",
+        "Appointment",
+        "--polling-seconds",
+        "5",
+    )
+    assert (done.returncode == 0) is ok, done.stderr
+    if not ok:
+        assert done.returncode == 2 and "--endpoint-url: refused" in done.stderr
+
+
+def test_attempts_and_rewind_commands(env: dict[str, str]) -> None:
+    num = str(add(env, "--date-time-start", "2026-01-01T00:00:00Z")["SubscriptionNum"])
+    assert cli_json(env, "subscriptions", "attempts", num) == []
+    rewound = cli_json(env, "subscriptions", "rewind", num, "--to", "2025-06-01T00:00:00Z")
+    assert rewound["DateTimeStart"].startswith("2025-06-01")
+    later = cli(env, "subscriptions", "rewind", num, "--to", "2027-01-01T00:00:00Z")
+    assert later.returncode == 2 and "--to: must not be later" in later.stderr
 
 
 def test_bad_update_changes_nothing(env: dict[str, str]) -> None:

@@ -18,10 +18,20 @@ class Received:
     headers: dict[str, str]
     rows: list[dict[str, Any]]
     status: int
+    body: bytes
 
 
-# A behaviour decides the answer: an HTTP status, or "close" to drop the connection.
-Behaviour = Callable[[int], int | str]
+@dataclass(frozen=True)
+class Reply:
+    """A full answer: status, extra headers and a body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b"ok"
+
+
+# A behaviour decides the answer: an HTTP status, a Reply, or "close" to drop the connection.
+Behaviour = Callable[[int], "int | str | Reply"]
 
 
 def status(code: int) -> Behaviour:
@@ -70,16 +80,20 @@ class Receiver:
                     self.close_connection = True
                     self.connection.close()
                     return
-                assert isinstance(answer, int)
+                reply = answer if isinstance(answer, Reply) else Reply(int(answer), {})
                 with receiver._lock:
                     receiver.received.append(
-                        Received(self.path, dict(self.headers), orjson.loads(body), answer)
+                        Received(
+                            self.path, dict(self.headers), orjson.loads(body), reply.status, body
+                        )
                     )
                 try:
-                    self.send_response(answer)
-                    self.send_header("Content-Length", "2")
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(reply.body)))
                     self.end_headers()
-                    self.wfile.write(b"ok")
+                    self.wfile.write(reply.body)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True  # the client gave up (its timeout)
 

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from common import db, logs, metrics, registry, subscriptions
+from common import api_keys, db, logs, metrics, registry, subscriptions
 from common.lifecycle import ConfigurationError, Lifecycle, Wired
 from common.migrate import migrate
 from common.settings import Settings, SettingsError, add_arguments, from_namespace
@@ -142,6 +142,19 @@ def _parser() -> argparse.ArgumentParser:
     p = _leaf(sub_cmds, "update", "Change the named fields only.", _sub_update)
     p.add_argument("num", type=int, help="SubscriptionNum.")
     _subscription_flags(p)
+
+    _leaf(commands, "api", "Serve the Subscriptions REST API on APIEVENTS_API_PORT.", _api)
+    keys = commands.add_parser("api-keys", help="Manage API keys (stored hashed).")
+    key_cmds = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _leaf(
+        key_cmds, "create", "Create a key for a customer; it is printed only now.", _key_create
+    )
+    p.add_argument("--customer-key", required=True, help="The CustomerKey the key acts for.")
+    p = _leaf(key_cmds, "revoke", "Revoke one key, or every key of a customer.", _key_revoke)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--api-key", help="The key to revoke.")
+    which.add_argument("--customer-key", help="Revoke every key of this CustomerKey.")
+    _leaf(key_cmds, "list", "List keys (numbers, customers, dates; never the keys).", _key_list)
 
     p = _leaf(commands, "run", "Run several services in one process.", _run)
     p.add_argument(
@@ -290,6 +303,40 @@ def _sub_resume(args: argparse.Namespace, settings: Settings) -> int:
 
 def _sub_remove(args: argparse.Namespace, settings: Settings) -> int:
     return _with_conn(settings, lambda c: subscriptions.remove(c, args.num))
+
+
+def _key_create(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        return _with_conn(settings, lambda c: api_keys.create(c, args.customer_key))
+    except ValueError as e:
+        return _fail(str(e), EXIT_USAGE)
+
+
+def _key_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_conn(settings, lambda c: api_keys.revoke(c, args.api_key, args.customer_key))
+
+
+def _key_list(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_conn(settings, api_keys.list_all)
+
+
+def _api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from api.server import Server
+
+    logs.setup(settings.log_level)
+    pool = db.pool(settings.database_url, 10, "api")
+    app = create_app(pool, EndpointPolicy.from_settings(settings), settings.secret_overlap_seconds)
+    config = uvicorn.Config(
+        app, host=settings.api_host, port=settings.api_port, access_log=False, log_config=None
+    )
+    try:
+        Server(config).run()
+    finally:
+        pool.close()
+    return 0
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:

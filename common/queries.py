@@ -62,6 +62,10 @@ SUBSCRIPTION_GET = (
 SUBSCRIPTION_LIST = (
     f"SELECT {SUBSCRIPTION_COLUMNS} FROM apievents.subscription ORDER BY subscription_num"
 )
+SUBSCRIPTION_LIST_FOR = (
+    f"SELECT {SUBSCRIPTION_COLUMNS} FROM apievents.subscription WHERE customer_key = %s "
+    "ORDER BY subscription_num"
+)
 SUBSCRIPTION_DELETE = (
     f"DELETE FROM apievents.subscription WHERE subscription_num = %s "
     f"RETURNING {SUBSCRIPTION_COLUMNS}"
@@ -146,6 +150,25 @@ def subscription_update(columns: list[str]) -> sql.Composed:
         "WHERE subscription_num = %(num)s RETURNING {cols}"
     ).format(sets=sets, release=sql.SQL(_RELEASE), cols=sql.SQL(SUBSCRIPTION_COLUMNS))
 
+
+# -- API keys -----------------------------------------------------------------------------------
+
+API_KEY_INSERT = """
+INSERT INTO apievents.api_key (customer_key, key_hash) VALUES (%s, %s)
+RETURNING api_key_id, created_at
+"""
+API_KEY_LOOKUP = """
+SELECT customer_key FROM apievents.api_key WHERE key_hash = %s AND revoked_at IS NULL
+"""
+API_KEY_REVOKE = """
+UPDATE apievents.api_key SET revoked_at = now()
+WHERE revoked_at IS NULL AND (key_hash = %(hash)s OR customer_key = %(customer_key)s)
+RETURNING api_key_id, customer_key
+"""
+API_KEY_LIST = """
+SELECT api_key_id, customer_key, created_at, revoked_at FROM apievents.api_key
+ORDER BY api_key_id
+"""
 
 # -- Producer -----------------------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ class Settings:
     metrics_port: int = _opt(0, "Port for Prometheus /metrics; 0 disables.")
     queue_prefix: str = _opt("apievents", "Prefix of every exchange and queue name.")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR.")
+    api_host: str = _opt("127.0.0.1", "API: address to listen on (0.0.0.0 in a container).")
+    api_port: int = _opt(8080, "API: port of the Subscriptions REST API.")
     batch_size: int = _opt(1000, "Rows per webhook POST (1 to 1000).")
     lease_seconds: float = _opt(
         120.0, "A claimed window is re-issued if its worker shows no progress for this long."
@@ -85,6 +87,7 @@ class Settings:
         checks = [
             ("batch_size", 1 <= self.batch_size <= 1000, "must be 1 to 1000"),
             ("metrics_port", 0 <= self.metrics_port <= 65535, "must be 0 to 65535"),
+            ("api_port", 1 <= self.api_port <= 65535, "must be 1 to 65535"),
             ("worker_concurrency", self.worker_concurrency >= 1, "must be at least 1"),
             ("claim_batch", self.claim_batch >= 1, "must be at least 1"),
             ("commit_batch", self.commit_batch >= 1, "must be at least 1"),

@@ -184,9 +184,14 @@ def get(conn: psycopg.Connection[Any], num: int) -> dict[str, Any]:
     return to_json(conn, conn.execute(queries.SUBSCRIPTION_GET, (num,)).fetchone(), num)
 
 
-def list_all(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    """Every subscription, by number."""
-    cur = conn.execute(queries.SUBSCRIPTION_LIST)
+def list_all(
+    conn: psycopg.Connection[Any], customer_key: str | None = None
+) -> list[dict[str, Any]]:
+    """Every subscription (of one customer, if given), by number."""
+    if customer_key is None:
+        cur = conn.execute(queries.SUBSCRIPTION_LIST)
+    else:
+        cur = conn.execute(queries.SUBSCRIPTION_LIST_FOR, (customer_key,))
     return [to_json(conn, r) for r in cur.fetchall()]
 
 

@@ -130,7 +130,7 @@ def test_dockerfile_is_multi_stage_non_root_with_apievents_entrypoint() -> None:
     (user,) = re.findall(r"^USER (\S+)", text, re.M)
     assert not user.startswith(("0", "root"))
     assert re.search(r'^ENTRYPOINT \["apievents"\]', text, re.M)
-    for folder in ("apievents", "common", "producer", "worker", "committer"):
+    for folder in ("apievents", "api", "common", "producer", "worker", "committer"):
         assert f"COPY {folder} " in text
 
 

@@ -1,0 +1,147 @@
+"""Routes of the Subscriptions API. Every subscription belongs to the caller's CustomerKey.
+
+No ``from __future__ import annotations`` here: FastAPI reads the dependency annotations at
+run time, and they refer to names local to create_app.
+"""
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg_pool import ConnectionPool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.models import (
+    AttemptOut,
+    ErrorOut,
+    RewindIn,
+    SubscriptionIn,
+    SubscriptionOut,
+    WatchTableOut,
+)
+from common import api_keys, registry, subscriptions
+from common.ssrf import EndpointPolicy
+
+COLUMN_OF = {name: column for column, name in subscriptions.FIELDS.items()}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "Bad input; the message names the field."},
+    401: {"model": ErrorOut, "description": "No valid API key."},
+    404: {"model": ErrorOut, "description": "No such subscription for this customer."},
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def create_app(pool: ConnectionPool, policy: EndpointPolicy, secret_overlap: float) -> FastAPI:
+    """The ASGI application."""
+    app = FastAPI(title="apievents", version="1", description=__doc__)
+    bearer = HTTPBearer(auto_error=False)
+
+    def connection() -> Iterator[psycopg.Connection[Any]]:
+        with pool.connection() as conn:
+            yield conn
+
+    Conn = Annotated[psycopg.Connection[Any], Depends(connection)]
+    Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+    def customer(conn: Conn, creds: Creds) -> str:
+        if creds is None or creds.scheme.lower() != "bearer":
+            raise ApiError(401, "send Authorization: Bearer <ApiKey>")
+        found = api_keys.customer_of(conn, creds.credentials)
+        if found is None:
+            raise ApiError(401, "unknown or revoked API key")
+        return found
+
+    Customer = Annotated[str, Depends(customer)]
+
+    def owned(conn: psycopg.Connection[Any], num: int, customer_key: str) -> dict[str, Any]:
+        try:
+            sub = subscriptions.get(conn, num)
+        except subscriptions.NotFound:
+            sub = None
+        if sub is None or sub["CustomerKey"] != customer_key:
+            raise ApiError(404, f"no subscription {num}")  # never reveal other customers'
+        return sub
+
+    @app.exception_handler(ApiError)
+    def api_error(request: Request, e: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
+
+    @app.exception_handler(subscriptions.InputError)
+    def input_error(request: Request, e: subscriptions.InputError) -> JSONResponse:
+        field = subscriptions.FIELDS.get(e.column, e.column)
+        return JSONResponse({"error": f"{field}: {e}"}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own errors (unparseable body, unknown route) in our error shape."""
+        return JSONResponse(
+            {"error": str(e.detail)}, status_code=e.status_code, headers=getattr(e, "headers", None)
+        )
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        return JSONResponse({"error": f"{where}: {first['msg']}"}, status_code=400)
+
+    def columns(body: SubscriptionIn) -> dict[str, Any]:
+        named = body.model_dump(exclude_unset=True, exclude={"CustomerKey"})
+        return {COLUMN_OF[k]: v for k, v in named.items()}
+
+    @app.get("/subscriptions", response_model=list[SubscriptionOut], responses=ERRORS)
+    def list_subscriptions(conn: Conn, ck: Customer) -> list[dict[str, Any]]:
+        """The caller's subscriptions."""
+        return subscriptions.list_all(conn, customer_key=ck)
+
+    @app.post("/subscriptions", status_code=201, response_model=SubscriptionOut, responses=ERRORS)
+    def create_subscription(body: SubscriptionIn, conn: Conn, ck: Customer) -> dict[str, Any]:
+        """Create; the answer shows the signing secret this once."""
+        return subscriptions.create(conn, columns(body) | {"customer_key": ck}, policy)
+
+    @app.get("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
+    def get_subscription(num: int, conn: Conn, ck: Customer) -> dict[str, Any]:
+        """One subscription."""
+        return owned(conn, num, ck)
+
+    @app.put("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
+    def update_subscription(
+        num: int, body: SubscriptionIn, conn: Conn, ck: Customer
+    ) -> dict[str, Any]:
+        """Change only the fields named in the body."""
+        owned(conn, num, ck)
+        return subscriptions.update(conn, num, columns(body), policy, secret_overlap)
+
+    @app.delete("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
+    def delete_subscription(num: int, conn: Conn, ck: Customer) -> dict[str, Any]:
+        """Delete; answers with what was deleted."""
+        owned(conn, num, ck)
+        return subscriptions.remove(conn, num)
+
+    @app.get("/subscriptions/{num}/attempts", response_model=list[AttemptOut], responses=ERRORS)
+    def list_attempts(num: int, conn: Conn, ck: Customer) -> list[dict[str, Any]]:
+        """Recent delivery attempts, newest first."""
+        owned(conn, num, ck)
+        return subscriptions.attempts(conn, num)
+
+    @app.post("/subscriptions/{num}/rewind", response_model=SubscriptionOut, responses=ERRORS)
+    def rewind(num: int, body: RewindIn, conn: Conn, ck: Customer) -> dict[str, Any]:
+        """Re-send everything changed since To."""
+        owned(conn, num, ck)
+        return subscriptions.rewind(conn, num, body.To)
+
+    @app.get("/watchtables", response_model=list[WatchTableOut], responses=ERRORS)
+    def watch_tables(conn: Conn, ck: Customer) -> list[dict[str, Any]]:
+        """The WatchTables a subscription may name."""
+        return [wt.to_json() for wt in registry.all_tables(conn)]
+
+    return app

@@ -1,0 +1,77 @@
+"""Request and response shapes, with Open Dental's field names (documented in /openapi.json)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SubscriptionIn(BaseModel):
+    """Fields a caller may set. A PUT changes only the fields it names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    EndPointUrl: str | None = Field(None, description="http(s) URL that receives the POSTs.")
+    Workstation: str | None = Field(None, description="Sent as the Workstation header.")
+    WatchTable: str | None = Field(None, description="A name from GET /watchtables.")
+    PollingSeconds: int | None = Field(None, description="How often to look for changes.")
+    DateTimeStart: str | None = Field(None, description="ISO 8601; default now.")
+    DateTimeStop: str | None = Field(None, description="ISO 8601; default never.")
+    Note: str | None = None
+    Secret: str | None = Field(None, description="whsec_...; generated if omitted on POST.")
+    CustomerKey: str | None = Field(
+        None, description="Ignored: always the CustomerKey of the caller's API key."
+    )
+
+
+class SubscriptionOut(BaseModel):
+    """A subscription and its delivery state."""
+
+    SubscriptionNum: int
+    EndPointUrl: str
+    Workstation: str
+    CustomerKey: str
+    WatchTable: str
+    PollingSeconds: int
+    DateTimeStart: str
+    DateTimeStop: str | None
+    Note: str
+    Status: str
+    StatusReason: str | None
+    LastError: str | None
+    LastHttpStatus: int | None
+    ConsecutiveFailures: int
+    NextAttempt: str | None
+    LastAttempt: str | None
+    LastSuccess: str | None
+    InFlight: bool
+    Secret: str | None = Field(None, description="Only in the answer to POST.")
+
+
+class WatchTableOut(BaseModel):
+    WatchTable: str
+    Table: str
+    KeyColumn: str
+    TimestampColumn: str
+    Fields: dict[str, str]
+
+
+class AttemptOut(BaseModel):
+    AttemptNum: int
+    At: str
+    WindowStart: str
+    WindowEnd: str
+    Batch: int
+    Rows: int
+    HttpStatus: int | None
+    LatencyMs: int
+    ErrorClass: str | None
+
+
+class RewindIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    To: str = Field(description="ISO 8601; re-send everything changed since.")
+
+
+class ErrorOut(BaseModel):
+    error: str

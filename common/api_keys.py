@@ -1,0 +1,57 @@
+"""API keys: random bearer tokens, stored only as SHA-256 digests, each bound to a CustomerKey."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+import psycopg
+
+from common import queries
+
+PREFIX = "apiev_"
+
+
+def digest(api_key: str) -> str:
+    """What is stored and looked up; the key itself is never stored."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def create(conn: psycopg.Connection[Any], customer_key: str) -> dict[str, Any]:
+    """A new key for ``customer_key``; the key is returned this once."""
+    if not customer_key or len(customer_key) > 255 or any(ord(c) < 32 for c in customer_key):
+        raise ValueError("--customer-key: must be 1 to 255 printable characters")
+    api_key = PREFIX + secrets.token_urlsafe(32)
+    conn.execute(queries.API_KEY_INSERT, (customer_key, digest(api_key)))
+    return {"CustomerKey": customer_key, "ApiKey": api_key}
+
+
+def customer_of(conn: psycopg.Connection[Any], api_key: str) -> str | None:
+    """The CustomerKey of a live key, or None."""
+    row = conn.execute(queries.API_KEY_LOOKUP, (digest(api_key),)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def revoke(
+    conn: psycopg.Connection[Any], api_key: str | None = None, customer_key: str | None = None
+) -> list[dict[str, Any]]:
+    """Revoke one key, or every key of a customer; returns what was revoked."""
+    rows = conn.execute(
+        queries.API_KEY_REVOKE,
+        {"hash": digest(api_key) if api_key else None, "customer_key": customer_key},
+    ).fetchall()
+    return [{"ApiKeyNum": num, "CustomerKey": ck} for num, ck in rows]
+
+
+def list_all(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Every key's number, customer and dates; never the key."""
+    return [
+        {
+            "ApiKeyNum": num,
+            "CustomerKey": ck,
+            "Created": created.isoformat(),
+            "Revoked": revoked.isoformat() if revoked else None,
+        }
+        for num, ck, created, revoked in conn.execute(queries.API_KEY_LIST).fetchall()
+    ]

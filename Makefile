@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test unit lint services run clean
+.PHONY: test unit lint services run bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,7 @@ test: $(STAMP) lint services
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# Throughput and latency of every scenario against the seed loop and the raw limit (minutes).
+bench: $(STAMP) services
+	$(BIN)/python -m bench.run

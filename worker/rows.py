@@ -18,23 +18,26 @@ class RowEncodingError(ValueError):
     """A row holds a value that has no JSON form (for example bytea)."""
 
 
-def read_page(
+def page_cursor(
     conn: psycopg.Connection[Any],
     wt: WatchTable,
     start: datetime,
     end: datetime,
     after: tuple[Any, Any] | None,
     limit: int,
-) -> list[tuple[Any, ...]]:
-    """The next ``limit`` rows of the window, after the (ts, key) position ``after``."""
+) -> psycopg.Cursor[Any]:
+    """Query the next ``limit`` rows of the window after the (ts, key) position ``after``.
+
+    Returns the cursor, so a caller in pipeline mode can fetch once the pipeline has synced.
+    """
     params: dict[str, Any] = {"start": start, "end": end, "limit": limit}
     if after is not None:
         params["after_ts"], params["after_key"] = after
-    return conn.execute(queries.window_page(wt, first=after is None), params).fetchall()
+    return conn.execute(queries.window_page(wt, first=after is None), params)
 
 
 def position(row: Sequence[Any]) -> tuple[Any, Any]:
-    """The (timestamp, key) of a row read by read_page, for the next page's keyset condition."""
+    """The (timestamp, key) of a row of page_cursor, for the next page's keyset condition."""
     return row[-2], row[-1]
 
 

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -106,10 +107,15 @@ class WindowRunner:
         """
         holder = new_id()
         try:
-            target = self._take_over(job, holder)
-            if target is None:
-                return Disposition.STALE
-            return self._deliver(job, holder, target, abort, report)
+            with self.pool.connection() as conn:
+                target = self._take_over(conn, job, holder)
+                if target is None:
+                    return Disposition.STALE
+                pages = _Pages(conn, job, holder, target, self.lease, self.batch_size)
+                try:
+                    return self._deliver(job, holder, target, pages, abort, report)
+                finally:
+                    pages.close()
         except _LostClaim:
             log.info("claim_lost", extra=_fields(job))
             return Disposition.STALE
@@ -121,40 +127,42 @@ class WindowRunner:
             kind = "serialization" if isinstance(e, rows.RowEncodingError) else "database"
             return self._outcome(job, holder, 0, 0, Answer(False, None, kind, error_text(e)))
 
-    def _take_over(self, job: Job, holder: str) -> Target | None:
-        with self.pool.connection() as conn:
-            row = conn.execute(
-                queries.TAKE_OVER,
-                {
-                    "holder": holder,
-                    "lease": self.lease,
-                    "num": job.subscription,
-                    "job": job.job_id,
-                },
-            ).fetchone()
+    def _take_over(self, conn: psycopg.Connection[Any], job: Job, holder: str) -> Target | None:
+        row = conn.execute(
+            queries.TAKE_OVER,
+            {"holder": holder, "lease": self.lease, "num": job.subscription, "job": job.job_id},
+        ).fetchone()
         return None if row is None else Target.from_row(row)
 
     def _deliver(
-        self, job: Job, holder: str, target: Target, abort: threading.Event, report: Report
+        self,
+        job: Job,
+        holder: str,
+        target: Target,
+        pages: _Pages,
+        abort: threading.Event,
+        report: Report,
     ) -> Outcome | Disposition:
         wt = target.watch_table
-        after: tuple[Any, Any] | None = None
-        if target.cursor_key is not None:
-            after = (target.start, target.cursor_key)
         sent = batches = 0
         seq = target.seq
+        after = (target.start, target.cursor_key) if target.cursor_key is not None else None
+        pages.prefetch(after)
         while True:
             if abort.is_set():
                 return Disposition.REQUEUE
-            page = self._next_page(job, holder, wt, target.start, after)
+            page = pages.get()
             if not page:
                 break
+            more = len(page) == self.batch_size
+            if more:  # read the next page while this one is on the wire
+                pages.prefetch(rows.position(page[-1]))
             body = rows.encode(wt, page)
             headers = target.headers(job.subscription, body, self.workstation)
             answer = self.sender.post(target.endpoint_url, body, headers)
             metrics.DELIVERIES.labels(answer.outcome).inc()
             metrics.DELIVERY_DURATION.observe(answer.seconds)
-            self._record(job, batches + 1, len(page), answer)
+            pages.log_attempt(batches + 1, len(page), answer)
             if not answer.ok:
                 log.info(
                     "batch_failed",
@@ -169,51 +177,13 @@ class WindowRunner:
             sent += len(page)
             batches += 1
             metrics.ROWS_DELIVERED.inc(len(page))
-            if len(page) < self.batch_size:
+            if not more:
                 break
-            after = rows.position(page[-1])
             if batches % self.checkpoint_batches == 0:
                 seq += 1
-                report(
-                    Checkpoint(
-                        job.job_id, holder, job.subscription, seq, after[0], str(after[1]), sent
-                    )
-                )
+                ts, key = rows.position(page[-1])
+                report(Checkpoint(job.job_id, holder, job.subscription, seq, ts, str(key), sent))
         return self._outcome(job, holder, sent, batches, Answer(True, 200))
-
-    def _record(self, job: Job, batch: int, count: int, answer: Answer) -> None:
-        """The attempt log: what an operator sees with `subscriptions attempts N`."""
-        with self.pool.connection() as conn:
-            conn.execute(
-                queries.RECORD_ATTEMPT,
-                {
-                    "num": job.subscription,
-                    "window_start": job.window_start,
-                    "window_end": job.window_end,
-                    "batch": batch,
-                    "rows": count,
-                    "http_status": answer.http_status,
-                    "latency_ms": round(answer.seconds * 1000),
-                    "error_class": answer.error_class,
-                },
-            )
-
-    def _next_page(
-        self,
-        job: Job,
-        holder: str,
-        wt: WatchTable,
-        start: datetime,
-        after: tuple[Any, Any] | None,
-    ) -> list[tuple[Any, ...]]:
-        with self.pool.connection() as conn:
-            extended = conn.execute(
-                queries.EXTEND_LEASE,
-                {"lease": self.lease, "num": job.subscription, "job": job.job_id, "holder": holder},
-            ).rowcount
-            if not extended:
-                raise _LostClaim
-            return rows.read_page(conn, wt, start, job.window_end, after, self.batch_size)
 
     @staticmethod
     def _outcome(job: Job, holder: str, sent: int, batches: int, answer: Answer) -> Outcome:
@@ -242,3 +212,82 @@ def _fields(job: Job, **extra: Any) -> dict[str, Any]:
         "window_end": job.window_end.isoformat(),
         **extra,
     }
+
+
+class _Pages:
+    """A window's pages, read on one held connection, one page ahead of the sender.
+
+    Each read is a single pipelined round trip: the attempts logged since the last read, the
+    lease extension, and the page. Reading the next page while the current one is POSTed
+    overlaps the database's and the endpoint's waits.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        job: Job,
+        holder: str,
+        target: Target,
+        lease: float,
+        batch_size: int,
+    ) -> None:
+        self.conn = conn
+        self.job = job
+        self.lease = {"lease": lease, "num": job.subscription, "job": job.job_id, "holder": holder}
+        self.target = target
+        self.batch_size = batch_size
+        self._attempts: list[dict[str, Any]] = []
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="pages")
+        self._next: Future[list[tuple[Any, ...]]] | None = None
+
+    def prefetch(self, after: tuple[Any, Any] | None) -> None:
+        """Start reading the page after ``after`` (None: from the window start)."""
+        attempts, self._attempts = self._attempts, []
+        self._next = self._reader.submit(self._read, after, attempts)
+
+    def get(self) -> list[tuple[Any, ...]]:
+        """The prefetched page; raises what reading it raised (a lost claim, a DB error)."""
+        assert self._next is not None
+        page, self._next = self._next.result(), None
+        return page
+
+    def log_attempt(self, batch: int, count: int, answer: Answer) -> None:
+        """Queue an attempt-log row; it is written with the next read, or on close."""
+        self._attempts.append(
+            {
+                "num": self.job.subscription,
+                "window_start": self.job.window_start,
+                "window_end": self.job.window_end,
+                "batch": batch,
+                "rows": count,
+                "http_status": answer.http_status,
+                "latency_ms": round(answer.seconds * 1000),
+                "error_class": answer.error_class,
+            }
+        )
+
+    def close(self) -> None:
+        """Let a read in flight finish, write the queued attempts, release the thread."""
+        if self._next is not None:
+            wait([self._next])
+        self._reader.shutdown()
+        if self._attempts:
+            try:
+                self.conn.cursor().executemany(queries.RECORD_ATTEMPT, self._attempts)
+            except psycopg.Error as e:  # the log is for operators; delivery state is intact
+                log.warning("attempt_log_failed", extra=_fields(self.job, error=error_text(e)))
+
+    def _read(
+        self, after: tuple[Any, Any] | None, attempts: list[dict[str, Any]]
+    ) -> list[tuple[Any, ...]]:
+        conn, wt = self.conn, self.target.watch_table
+        with conn.pipeline():
+            if attempts:
+                conn.cursor().executemany(queries.RECORD_ATTEMPT, attempts)
+            lease = conn.execute(queries.EXTEND_LEASE, self.lease)
+            page = rows.page_cursor(
+                conn, wt, self.target.start, self.job.window_end, after, self.batch_size
+            )
+        if not lease.rowcount:
+            raise _LostClaim
+        return page.fetchall()

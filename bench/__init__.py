@@ -1,0 +1,1 @@
+"""`make bench`: throughput and latency of the pipeline against simpler loops, in one run."""

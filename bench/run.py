@@ -91,6 +91,14 @@ class Row:
         )
 
 
+class Rows(list[Row]):
+    """Results, each printed as soon as it exists (a long run should not end empty-handed)."""
+
+    def append(self, row: Row) -> None:
+        super().append(row)
+        print(row.markdown(), flush=True)
+
+
 class Bench:
     def __init__(self) -> None:
         self.name = f"apievents_bench_{uuid.uuid4().hex[:8]}"
@@ -98,7 +106,7 @@ class Bench:
         self.prefix = f"bench.{uuid.uuid4().hex[:8]}"
         self.port = _free_port()
         self.receiver = f"http://127.0.0.1:{self.port}"
-        self.rows: list[Row] = []
+        self.rows = Rows()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -208,7 +216,7 @@ class Bench:
             time.sleep(SECONDS)
             used = {p.name: (p.cpu() - before[p.name]) / SECONDS * 100 for p in procs}
             rss = {p.name: p.peak_rss_mb() for p in procs}
-        busiest = "producer" if "producer" in used else form
+        busiest = "producer" if "producer" in used else procs[0].name
         self.rows.append(
             Row(
                 "4 10k idle subs",
@@ -305,5 +313,6 @@ if __name__ == "__main__":
         flush=True,
     )
     threading.excepthook = lambda args: None
+    print(bench.table().split("\n", 2)[0] + "\n" + bench.table().split("\n", 2)[1], flush=True)
     bench.run(which)
-    print(bench.table())
+    print("\n" + bench.table())

@@ -6,6 +6,7 @@ tests and the all-in-one mode. Queues are durable quorum queues; messages are pe
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,13 +97,17 @@ class Broker:
         """True for kombu's memory transport (one process, no RabbitMQ)."""
         return self.url.startswith("memory://")
 
-    def connection(self) -> kombu.Connection:
-        """A new, connected kombu connection; raises a TRANSIENT_ERROR if the broker is down."""
+    def connection(self, confirm_each: bool = True) -> kombu.Connection:
+        """A new, connected kombu connection; raises a TRANSIENT_ERROR if the broker is down.
+
+        With ``confirm_each`` every publish waits for its confirm; without it, use a
+        StreamPublisher, which waits once for a whole batch.
+        """
         conn = kombu.Connection(
             self.url,
             heartbeat=0 if self.in_memory else 30,
             connect_timeout=10,
-            transport_options={"confirm_publish": True},
+            transport_options={"confirm_publish": confirm_each},
         )
         conn.connect()
         self.declare(conn)
@@ -119,6 +124,10 @@ class Broker:
     def publisher(self, conn: kombu.Connection) -> Publisher:
         """A publisher on its own channel of ``conn``."""
         return Publisher(conn, self.topology)
+
+    def stream_publisher(self, conn: kombu.Connection) -> StreamPublisher:
+        """A batch publisher with streamed confirms (``conn`` from connection(False))."""
+        return StreamPublisher(conn, self.topology, self.in_memory)
 
 
 class Publisher:
@@ -138,6 +147,68 @@ class Publisher:
             serializer=None,
             timeout=10,
         )
+
+
+class Unconfirmed(Exception):
+    """The broker refused (nacked) or did not confirm some messages in time."""
+
+    def __init__(self, indexes: list[int]) -> None:
+        super().__init__(f"{len(indexes)} message(s) not confirmed")
+        self.indexes = indexes
+
+
+class StreamPublisher:
+    """Publishes a batch with streamed confirms: send all, then wait once for the acks.
+
+    One round trip per batch instead of one per message. Use it on a connection opened with
+    ``confirm_each=False``; on the memory transport there is nothing to confirm.
+    """
+
+    def __init__(self, conn: kombu.Connection, topology: Topology, in_memory: bool) -> None:
+        self.conn = conn
+        self.channel = conn.channel()
+        self._producer = kombu.Producer(self.channel, exchange=topology.exchange)
+        self._confirms = not in_memory
+        self._next_tag = 1
+        self._waiting: dict[int, int] = {}  # delivery tag -> index in the current batch
+        self._refused: list[int] = []
+        if self._confirms:
+            self.channel.confirm_select()
+            self.channel.events["basic_ack"].add(self._on_ack)
+            self.channel.events["basic_nack"].add(self._on_nack)
+
+    def publish_all(self, bodies: list[bytes], routing_key: str, timeout: float = 10) -> None:
+        """Publish every body; return once all are confirmed, else raise Unconfirmed."""
+        self._waiting.clear()
+        self._refused = []
+        for i, body in enumerate(bodies):
+            self._producer.publish(
+                body,
+                routing_key=routing_key,
+                content_type=CONTENT_TYPE,
+                content_encoding="utf-8",
+                delivery_mode=2,
+                serializer=None,
+            )
+            if self._confirms:
+                self._waiting[self._next_tag] = i
+                self._next_tag += 1
+        deadline = time.monotonic() + timeout
+        while self._waiting and time.monotonic() < deadline:
+            drain(self.conn, min(1.0, max(0.01, deadline - time.monotonic())))
+        failed = sorted(self._refused + list(self._waiting.values()))
+        if failed:
+            raise Unconfirmed(failed)
+
+    def _settle(self, tag: int, multiple: bool) -> list[int]:
+        tags = [t for t in self._waiting if t <= tag] if multiple else [tag]
+        return [self._waiting.pop(t) for t in tags if t in self._waiting]
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._settle(delivery_tag, multiple)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self._refused += self._settle(delivery_tag, multiple)
 
 
 def drain(conn: kombu.Connection, timeout: float) -> bool:

@@ -7,8 +7,9 @@ from typing import Any
 
 import kombu
 import psycopg
+import pytest
 
-from common.broker import Broker
+from common.broker import Broker, Unconfirmed
 from tests.integration.conftest import insert_appointments, subscribe
 from tests.support import wait_for
 from tests.support.receiver import Receiver
@@ -51,3 +52,27 @@ def test_unparseable_messages_are_dead_lettered_and_services_carry_on(
     subscribe(conn, receiver.url())
     keys = insert_appointments(conn, 3)
     wait_for(lambda: [r["AptNum"] for r in receiver.delivered()] == keys, 30, "delivery")
+
+
+def test_streamed_confirms_report_exactly_the_refused_messages(prefix: str) -> None:
+    """A full queue with reject-publish makes RabbitMQ nack: those, and only those, come back."""
+    broker = Broker(BROKER_URL, prefix)
+    with kombu.Connection(BROKER_URL) as conn:
+        channel = conn.channel()
+        broker.topology.exchange(channel).declare()
+        small = kombu.Queue(
+            f"{prefix}.small",
+            broker.topology.exchange,
+            routing_key="jobs",
+            queue_arguments={"x-max-length": 2, "x-overflow": "reject-publish"},
+        )
+        small(channel).declare()
+    try:
+        with broker.connection(confirm_each=False) as conn:
+            publisher = broker.stream_publisher(conn)
+            with pytest.raises(Unconfirmed) as refused:
+                publisher.publish_all([b"%d" % i for i in range(5)], "jobs")
+            assert refused.value.indexes == [2, 3, 4]
+    finally:
+        with kombu.Connection(BROKER_URL) as conn:
+            conn.channel().queue_delete(f"{prefix}.small")

@@ -105,6 +105,7 @@ class Bench:
         self.url = db_url(self.name)
         self.prefix = f"bench.{uuid.uuid4().hex[:8]}"
         self.port = _free_port()
+        self.split: dict[str, float] = {}
         self.receiver = f"http://127.0.0.1:{self.port}"
         self.rows = Rows()
 
@@ -163,8 +164,13 @@ class Bench:
             proc.stop()
 
     def measure(self, procs: list[Proc], rows: int) -> tuple[float, dict[str, float]]:
-        cpu = sum(p.cpu() for p in procs)
+        self.split = {p.name: p.cpu() for p in procs}
+        cpu = sum(self.split.values())
         return (cpu / max(rows, 1) * 1000, {p.name: p.peak_rss_mb() for p in procs})
+
+    def cpu_split(self) -> str:
+        """Where the CPU went, per process (seconds), for the note column."""
+        return "CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in self.split.items())
 
     # -- scenarios ----------------------------------------------------------------------------
 
@@ -176,7 +182,7 @@ class Bench:
             cpu, rss = self.measure(procs, BACKFILL_ROWS)
         st = self.stats()
         rate = BACKFILL_ROWS / (st["last"] - st["first"])  # steady state: first to last row
-        note = f"{st['first'] - started:.1f}s from launch to first row"
+        note = f"{st['first'] - started:.1f}s from launch to first row; {self.cpu_split()}"
         self.rows.append(Row(label, form, f"{rate:,.0f} rows/s", None, None, cpu, rss, note))
 
     def live(self, label: str, form: str, run: Any, subs: int, path: str) -> None:
@@ -194,7 +200,7 @@ class Bench:
             done = _wait(lambda: self.stats()["rows"] >= inserted * subs, 30)
             cpu, rss = self.measure(procs, inserted * subs)
         st = self.stats()
-        note = "" if done else f"only {st['rows']} of {inserted * subs} rows in time"
+        note = self.cpu_split() + ("" if done else f"; only {st['rows']} of {inserted * subs}")
         self.rows.append(
             Row(
                 label,

@@ -44,7 +44,7 @@ class Settings:
     )
     tick_seconds: float = _opt(0.25, "Producer: how often to look for due subscriptions.")
     watermark_margin_seconds: float = _opt(
-        0.2, "Producer: window ends stay this far behind the database clock (see README)."
+        0.05, "Producer: window ends stay this far behind the database clock (see README)."
     )
     watermark_warn_seconds: float = _opt(
         300.0, "Producer: warn when open transactions hold deliveries back longer than this."

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import kombu
 
 from common import db, metrics
-from common.broker import Broker, Publisher, drain
+from common.broker import Broker, StreamPublisher, Unconfirmed, drain
 from common.lifecycle import Lifecycle, Wired, readiness
 from common.messages import Checkpoint, Job, MessageError, Outcome
 from common.settings import Settings
@@ -68,9 +68,9 @@ class Worker:
         # Messages of an earlier connection went back to the queue when it died; their windows
         # may still finish here, but only the copy now delivered can be acked.
         self._in_flight.clear()
-        with self.broker.connection() as conn:
+        with self.broker.connection(confirm_each=False) as conn:
             self.lifecycle.connected.set()
-            publisher = self.broker.publisher(conn)
+            publisher = self.broker.stream_publisher(conn)
             consumer = kombu.Consumer(
                 conn.channel(),
                 queues=[self.broker.topology.jobs],
@@ -107,20 +107,26 @@ class Worker:
             result = Disposition.REQUEUE
         self._done.put((entry, result))
 
-    def _finish(self, publisher: Publisher) -> None:
+    def _finish(self, publisher: StreamPublisher) -> None:
+        """Hand on everything finished since the last call in one confirmed burst, then ack."""
+        done: list[tuple[_InFlight, _Result]] = []
         while True:
             try:
-                entry, result = self._done.get_nowait()
+                done.append(self._done.get_nowait())
             except queue.Empty:
-                return
-            if isinstance(result, Checkpoint):  # progress: hand it on, keep the job
-                publisher.publish(result.to_bytes(), "outcomes")
+                break
+        reports = [(i, r) for i, (_, r) in enumerate(done) if isinstance(r, Outcome | Checkpoint)]
+        refused: set[int] = set()
+        try:
+            publisher.publish_all([r.to_bytes() for _, r in reports], "outcomes")
+        except Unconfirmed as e:  # not handed on: those jobs go back to the queue
+            refused = {reports[i][0] for i in e.indexes}
+        for i, (entry, result) in enumerate(done):
+            if isinstance(result, Checkpoint):  # progress: handed on, the job stays
                 continue
             metrics.WINDOWS_IN_FLIGHT.dec()
             current = self._in_flight.pop(id(entry), None) is not None
             if isinstance(result, Outcome):
-                # Hand the outcome on first; only a confirmed outcome lets the job go.
-                publisher.publish(result.to_bytes(), "outcomes")
                 log.info(
                     "window_done",
                     extra={
@@ -134,13 +140,13 @@ class Worker:
                     },
                 )
             if not current:
-                continue
-            if result is Disposition.REQUEUE:
+                continue  # its message went back to the queue with an earlier connection
+            if i in refused or result is Disposition.REQUEUE:
                 entry.message.requeue()
             else:
-                entry.message.ack()
+                entry.message.ack()  # only after its outcome was confirmed
 
-    def _shut_down(self, conn: kombu.Connection, publisher: Publisher) -> None:
+    def _shut_down(self, conn: kombu.Connection, publisher: StreamPublisher) -> None:
         deadline = time.monotonic() + self.shutdown_timeout
         while self._in_flight and time.monotonic() < deadline:
             drain(conn, 0.05)

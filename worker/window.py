@@ -237,12 +237,26 @@ class _Pages:
         self.target = target
         self.batch_size = batch_size
         self._attempts: list[dict[str, Any]] = []
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="pages")
+        self._reader: ThreadPoolExecutor | None = None  # only windows of 2+ pages need one
+        self._reads = 0
         self._next: Future[list[tuple[Any, ...]]] | None = None
 
     def prefetch(self, after: tuple[Any, Any] | None) -> None:
-        """Start reading the page after ``after`` (None: from the window start)."""
+        """Start reading the page after ``after`` (None: from the window start).
+
+        The first page is read right here; later ones on a helper thread, ahead of the sender.
+        """
         attempts, self._attempts = self._attempts, []
+        if after is None or (self._reader is None and self._next is None and not attempts):
+            first: Future[list[tuple[Any, ...]]] = Future()
+            try:
+                first.set_result(self._read(after, attempts))
+            except BaseException as e:  # surfaces from get(), like a prefetched read's error
+                first.set_exception(e)
+            self._next = first
+            return
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="pages")
         self._next = self._reader.submit(self._read, after, attempts)
 
     def get(self) -> list[tuple[Any, ...]]:
@@ -270,7 +284,8 @@ class _Pages:
         """Let a read in flight finish, write the queued attempts, release the thread."""
         if self._next is not None:
             wait([self._next])
-        self._reader.shutdown()
+        if self._reader is not None:
+            self._reader.shutdown()
         if self._attempts:
             try:
                 self.conn.cursor().executemany(queries.RECORD_ATTEMPT, self._attempts)

@@ -25,8 +25,16 @@ def apply_batch(
     Only the claim's current holder (job id and holder id) moves DateTimeStart: to the window
     end on success, to a checkpoint's position on progress. A failure never touches it.
     """
+    attempts = [
+        a | {"num": o.subscription, "window_start": o.window_start, "window_end": o.window_end}
+        for o in outcomes
+        if isinstance(o, Outcome)
+        for a in o.attempts
+    ]
     with conn.transaction(), conn.pipeline():
         cursors = [conn.execute(*_statement(o, policy, disable_after)) for o in outcomes]
+        if attempts:  # the POSTs happened whatever became of the outcome
+            conn.cursor().executemany(queries.RECORD_ATTEMPT, attempts)
     return [
         _result(o) if cur.rowcount == 1 else STALE for o, cur in zip(outcomes, cursors, strict=True)
     ]

@@ -31,6 +31,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 # Nothing is lost: the window's claim expires and the producer issues it again.
 DELIVERY_LIMIT = 20
 CONTENT_TYPE = "application/json"
+# Every message: persistent, raw JSON bytes (kombu must not serialise them again).
+MESSAGE = {
+    "content_type": CONTENT_TYPE,
+    "content_encoding": "utf-8",
+    "delivery_mode": 2,
+    "serializer": None,
+}
 
 
 @dataclass(frozen=True)
@@ -138,15 +145,7 @@ class Publisher:
 
     def publish(self, body: bytes, routing_key: str) -> None:
         """Publish and wait for the broker's confirm (raises if it is refused or times out)."""
-        self._producer.publish(
-            body,
-            routing_key=routing_key,
-            content_type=CONTENT_TYPE,
-            content_encoding="utf-8",
-            delivery_mode=2,
-            serializer=None,
-            timeout=10,
-        )
+        self._producer.publish(body, routing_key=routing_key, timeout=10, **MESSAGE)
 
 
 class Unconfirmed(Exception):
@@ -182,14 +181,7 @@ class StreamPublisher:
         self._waiting.clear()
         self._refused = []
         for i, body in enumerate(bodies):
-            self._producer.publish(
-                body,
-                routing_key=routing_key,
-                content_type=CONTENT_TYPE,
-                content_encoding="utf-8",
-                delivery_mode=2,
-                serializer=None,
-            )
+            self._producer.publish(body, routing_key=routing_key, **MESSAGE)
             if self._confirms:
                 self._waiting[self._next_tag] = i
                 self._next_tag += 1

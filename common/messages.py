@@ -16,8 +16,28 @@ class MessageError(ValueError):
     """A message body that cannot be parsed into the expected type."""
 
 
+class _Message:
+    """Serialisation shared by every message type; each defines ``kind`` and ``from_dict``."""
+
+    kind: ClassVar[str]
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the broker."""
+        return _dump(self.kind, asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_bytes(cls, body: bytes | str) -> Self:
+        """Parse a broker body (py-amqp may hand it over decoded); raises MessageError if bad."""
+        return cls.from_dict(_load(cls.kind, body))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        """Build from a parsed body."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class Job:
+class Job(_Message):
     """Deliver a subscription's rows after (window_start, after_key), up to window_end.
 
     ``after_key`` is None when every row at window_start was already delivered.
@@ -30,15 +50,7 @@ class Job:
     window_end: datetime
     failures: int = 0
     after_key: str | None = None
-
-    def to_bytes(self) -> bytes:
-        """Serialise for the broker."""
-        return _dump(self.kind, asdict(self))
-
-    @classmethod
-    def from_bytes(cls, body: bytes | str) -> Self:
-        """Parse a broker body (py-amqp may hand it over decoded); raises MessageError if bad."""
-        return cls.from_dict(_load(cls.kind, body))
+    watch_table: str | None = None  # lets a worker read the first page with its take-over
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
@@ -50,11 +62,12 @@ class Job:
             window_end=_time(d, "window_end"),
             failures=_int(d, "failures"),
             after_key=_opt_str(d, "after_key"),
+            watch_table=_opt_str(d, "watch_table"),
         )
 
 
 @dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(_Message):
     """Progress inside a window: every row up to (position_ts, position_key) got 200."""
 
     kind: ClassVar[str] = "checkpoint"
@@ -65,15 +78,6 @@ class Checkpoint:
     position_ts: datetime
     position_key: str
     rows: int
-
-    def to_bytes(self) -> bytes:
-        """Serialise for the broker."""
-        return _dump(self.kind, asdict(self))
-
-    @classmethod
-    def from_bytes(cls, body: bytes | str) -> Self:
-        """Parse a broker body; raises MessageError if bad."""
-        return cls.from_dict(_load(cls.kind, body))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
@@ -93,7 +97,7 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Outcome(_Message):
     """What a worker did with one job: the whole window got 200 (``ok``), or where it stopped."""
 
     kind: ClassVar[str] = "outcome"
@@ -110,15 +114,9 @@ class Outcome:
     error_class: str | None = None
     error: str | None = None
     retry_after: float | None = None
-
-    def to_bytes(self) -> bytes:
-        """Serialise for the broker."""
-        return _dump(self.kind, asdict(self))
-
-    @classmethod
-    def from_bytes(cls, body: bytes | str) -> Self:
-        """Parse a broker body (py-amqp may hand it over decoded); raises MessageError if bad."""
-        return cls.from_dict(_load(cls.kind, body))
+    # The window's attempt-log rows not yet written ({batch, rows, http_status, latency_ms,
+    # error_class}); the committer writes them with the outcome.
+    attempts: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
@@ -143,6 +141,7 @@ class Outcome:
             error_class=_opt_str(d, "error_class"),
             error=_opt_str(d, "error"),
             retry_after=float(retry_after) if retry_after is not None else None,
+            attempts=_attempts(d),
         )
 
 
@@ -175,6 +174,18 @@ def _load(kind: str | None, body: bytes | str) -> dict[str, Any]:
     if d.get("v") != VERSION or (kind is not None and d.get("type") != kind):
         raise MessageError(f"expected {kind} v{VERSION}, got {d.get('type')!r} v{d.get('v')!r}")
     return d
+
+
+_ATTEMPT_KEYS = {"batch", "rows", "http_status", "latency_ms", "error_class"}
+
+
+def _attempts(d: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    value = d.get("attempts", [])
+    if not isinstance(value, list) or not all(
+        isinstance(a, dict) and set(a) == _ATTEMPT_KEYS for a in value
+    ):
+        raise MessageError("attempts: expected a list of attempt objects")
+    return tuple(value)
 
 
 def _int(d: dict[str, Any], key: str) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import secrets
 from collections.abc import Mapping, Sequence
@@ -104,7 +103,7 @@ def check_secret(raw: Any) -> str:
     text = raw if isinstance(raw, str) else ""
     try:
         key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or non-ASCII text
         key = b""
     if not text.startswith("whsec_") or not 24 <= len(key) <= 64:
         raise InputError("secret", "must be whsec_ followed by base64 of 24 to 64 bytes")

@@ -56,7 +56,7 @@ def claim_due(
             if job_end is None:
                 idle.append(num)
             else:
-                jobs.append(Job(new_id(), num, start, job_end, failures, cursor_key))
+                jobs.append(Job(new_id(), num, start, job_end, failures, cursor_key, watch_table))
         if idle:
             conn.execute(queries.RESCHEDULE_IDLE, (idle,))
         if jobs:

@@ -8,14 +8,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from common import metrics, queries
+from common import metrics, queries, registry
 from common.broker import TRANSIENT_ERRORS
 from common.logs import error_text
 from common.messages import Checkpoint, Job, Outcome, new_id
@@ -98,6 +98,7 @@ class WindowRunner:
         self.lease = lease_seconds
         self.workstation = workstation
         self.checkpoint_batches = checkpoint_batches
+        self._tables: dict[str, tuple[float, WatchTable]] = {}
 
     def run(self, job: Job, abort: threading.Event, report: Report) -> Outcome | Disposition:
         """Deliver the job's window, stopping at the first answer that is not 200.
@@ -108,12 +109,15 @@ class WindowRunner:
         holder = new_id()
         try:
             with self.pool.connection() as conn:
-                target = self._take_over(conn, job, holder)
+                target, first = self._take_over(conn, job, holder)
                 if target is None:
                     return Disposition.STALE
-                pages = _Pages(conn, job, holder, target, self.lease, self.batch_size)
+                pages = _Pages(conn, job, holder, target, self.lease, self.batch_size, first)
                 try:
-                    return self._deliver(job, holder, target, pages, abort, report)
+                    result = self._deliver(job, holder, target, pages, abort, report)
+                    if isinstance(result, Outcome):  # the committer writes its attempt log
+                        result = replace(result, attempts=pages.take_attempts())
+                    return result
                 finally:
                     pages.close()
         except _LostClaim:
@@ -127,12 +131,55 @@ class WindowRunner:
             kind = "serialization" if isinstance(e, rows.RowEncodingError) else "database"
             return self._outcome(job, holder, 0, 0, Answer(False, None, kind, error_text(e)))
 
-    def _take_over(self, conn: psycopg.Connection[Any], job: Job, holder: str) -> Target | None:
-        row = conn.execute(
-            queries.TAKE_OVER,
-            {"holder": holder, "lease": self.lease, "num": job.subscription, "job": job.job_id},
-        ).fetchone()
-        return None if row is None else Target.from_row(row)
+    def _take_over(
+        self, conn: psycopg.Connection[Any], job: Job, holder: str
+    ) -> tuple[Target | None, list[tuple[Any, ...]] | None]:
+        """Become the claim's holder and, in the same round trip, read the first page.
+
+        The page is read speculatively from the job's position; it is used only if the
+        subscription is still there (a resumed job may have moved on by checkpoints).
+        """
+        params = {"holder": holder, "lease": self.lease, "num": job.subscription, "job": job.job_id}
+        wt = self._watch_table(conn, job.watch_table)
+        if wt is None:
+            row = conn.execute(queries.TAKE_OVER, params).fetchone()
+            return (None if row is None else Target.from_row(row)), None
+        after = (job.window_start, job.after_key) if job.after_key is not None else None
+        try:
+            with conn.pipeline():
+                taken = conn.execute(queries.TAKE_OVER, params)
+                page = rows.page_cursor(
+                    conn, wt, job.window_start, job.window_end, after, self.batch_size
+                )
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error:
+            # The page failed (a dropped table, say) and took the take-over down with it in
+            # the pipeline's implicit transaction: take over alone, let the read report it.
+            return self._take_over(conn, replace(job, watch_table=None), holder)
+        row = taken.fetchone()
+        if row is None:
+            return None, None
+        target = Target.from_row(row)
+        same = (target.start, target.cursor_key, target.watch_table) == (
+            job.window_start,
+            job.after_key,
+            wt,
+        )
+        return target, page.fetchall() if same else None
+
+    def _watch_table(self, conn: psycopg.Connection[Any], name: str | None) -> WatchTable | None:
+        """Registry entries, cached briefly: one is never changed while subscriptions use it."""
+        if name is None:
+            return None
+        cached = self._tables.get(name)
+        if cached is None or cached[0] < time.monotonic():
+            try:
+                cached = (time.monotonic() + 60, registry.get(conn, name))
+            except registry.RegistryError:
+                return None
+            self._tables[name] = cached
+        return cached[1]
 
     def _deliver(
         self,
@@ -154,6 +201,8 @@ class WindowRunner:
             page = pages.get()
             if not page:
                 break
+            if batches:  # the take-over set the lease for the first batch
+                pages.extend_lease()  # right before sending: a rewound or superseded window stops
             more = len(page) == self.batch_size
             if more:  # read the next page while this one is on the wire
                 pages.prefetch(rows.position(page[-1]))
@@ -217,9 +266,10 @@ def _fields(job: Job, **extra: Any) -> dict[str, Any]:
 class _Pages:
     """A window's pages, read on one held connection, one page ahead of the sender.
 
-    Each read is a single pipelined round trip: the attempts logged since the last read, the
-    lease extension, and the page. Reading the next page while the current one is POSTed
-    overlaps the database's and the endpoint's waits.
+    Each read is a single pipelined round trip: the attempts logged since the last read and
+    the page. Reading the next page while the current one is POSTed overlaps the database's
+    and the endpoint's waits. The lease is extended right before each POST, not at read time,
+    so a window whose claim moved on (rewind, take-over) never sends another batch.
     """
 
     def __init__(
@@ -230,8 +280,10 @@ class _Pages:
         target: Target,
         lease: float,
         batch_size: int,
+        first: list[tuple[Any, ...]] | None = None,
     ) -> None:
         self.conn = conn
+        self._first = first  # read together with the take-over
         self.job = job
         self.lease = {"lease": lease, "num": job.subscription, "job": job.job_id, "holder": holder}
         self.target = target
@@ -244,34 +296,34 @@ class _Pages:
     def prefetch(self, after: tuple[Any, Any] | None) -> None:
         """Start reading the page after ``after`` (None: from the window start).
 
-        The first page is read right here; later ones on a helper thread, ahead of the sender.
+        The first page was read with the take-over, or is read right here; later ones are
+        read on a helper thread, ahead of the sender.
         """
-        attempts, self._attempts = self._attempts, []
-        if after is None or (self._reader is None and self._next is None and not attempts):
+        self._reads += 1
+        if self._reads == 1:
             first: Future[list[tuple[Any, ...]]] = Future()
             try:
-                first.set_result(self._read(after, attempts))
+                page = self._first if self._first is not None else self._read(after, ())
+                first.set_result(page)
             except BaseException as e:  # surfaces from get(), like a prefetched read's error
                 first.set_exception(e)
             self._next = first
             return
         if self._reader is None:
             self._reader = ThreadPoolExecutor(1, thread_name_prefix="pages")
-        self._next = self._reader.submit(self._read, after, attempts)
+        self._next = self._reader.submit(self._read, after, self.take_attempts())
 
     def get(self) -> list[tuple[Any, ...]]:
-        """The prefetched page; raises what reading it raised (a lost claim, a DB error)."""
+        """The prefetched page; raises what reading it raised (a database error)."""
         assert self._next is not None
         page, self._next = self._next.result(), None
         return page
 
     def log_attempt(self, batch: int, count: int, answer: Answer) -> None:
-        """Queue an attempt-log row; it is written with the next read, or on close."""
+        """Queue an attempt-log row: written with the next read, handed on with the outcome
+        (take_attempts), or written on close."""
         self._attempts.append(
             {
-                "num": self.job.subscription,
-                "window_start": self.job.window_start,
-                "window_end": self.job.window_end,
                 "batch": batch,
                 "rows": count,
                 "http_status": answer.http_status,
@@ -279,6 +331,28 @@ class _Pages:
                 "error_class": answer.error_class,
             }
         )
+
+    def extend_lease(self) -> None:
+        """Extend the lease now, on the page thread (one connection, one user at a time)."""
+        assert self._reader is not None
+        if not self._reader.submit(self._extend).result():
+            raise _LostClaim
+
+    def _extend(self) -> int:
+        return self.conn.execute(queries.EXTEND_LEASE, self.lease).rowcount
+
+    def take_attempts(self) -> tuple[dict[str, Any], ...]:
+        """The queued attempt-log rows, which the caller now writes or hands on."""
+        taken, self._attempts = tuple(self._attempts), []
+        return taken
+
+    def _rows(self, attempts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        where = {
+            "num": self.job.subscription,
+            "window_start": self.job.window_start,
+            "window_end": self.job.window_end,
+        }
+        return [a | where for a in attempts]
 
     def close(self) -> None:
         """Let a read in flight finish, write the queued attempts, release the thread."""
@@ -288,21 +362,18 @@ class _Pages:
             self._reader.shutdown()
         if self._attempts:
             try:
-                self.conn.cursor().executemany(queries.RECORD_ATTEMPT, self._attempts)
+                self.conn.cursor().executemany(queries.RECORD_ATTEMPT, self._rows(self._attempts))
             except psycopg.Error as e:  # the log is for operators; delivery state is intact
                 log.warning("attempt_log_failed", extra=_fields(self.job, error=error_text(e)))
 
     def _read(
-        self, after: tuple[Any, Any] | None, attempts: list[dict[str, Any]]
+        self, after: tuple[Any, Any] | None, attempts: Sequence[dict[str, Any]]
     ) -> list[tuple[Any, ...]]:
         conn, wt = self.conn, self.target.watch_table
         with conn.pipeline():
             if attempts:
-                conn.cursor().executemany(queries.RECORD_ATTEMPT, attempts)
-            lease = conn.execute(queries.EXTEND_LEASE, self.lease)
+                conn.cursor().executemany(queries.RECORD_ATTEMPT, self._rows(attempts))
             page = rows.page_cursor(
                 conn, wt, self.target.start, self.job.window_end, after, self.batch_size
             )
-        if not lease.rowcount:
-            raise _LostClaim
         return page.fetchall()

@@ -25,6 +25,7 @@ import psycopg
 from psycopg import conninfo, sql
 
 from common import queries, registry, subscriptions
+from common.broker import TRANSIENT_ERRORS
 from common.migrate import migrate
 from common.settings import Settings
 from common.ssrf import EndpointPolicy
@@ -143,7 +144,7 @@ class Demo:
                 conn.connect()
             print(f"demo: broker RabbitMQ at {kombu.Connection(url).as_uri()}", flush=True)
             return url
-        except Exception:
+        except TRANSIENT_ERRORS:  # nothing listening, or refused: use the memory transport
             print(
                 "demo: broker in-process (kombu memory transport; no RabbitMQ reachable), "
                 "services run as threads of `apievents run --all-in-one`",

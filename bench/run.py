@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -318,7 +317,6 @@ if __name__ == "__main__":
         f"live runs, worker concurrency {CONCURRENCY}, admin {ADMIN_URL.rsplit('@')[-1]}",
         flush=True,
     )
-    threading.excepthook = lambda args: None
     print(bench.table().split("\n", 2)[0] + "\n" + bench.table().split("\n", 2)[1], flush=True)
     bench.run(which)
     print("\n" + bench.table())

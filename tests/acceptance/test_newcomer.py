@@ -53,6 +53,17 @@ class Demo:
         return "\n".join(self.lines)
 
 
+def run_until_delivered(env: dict[str, str], folder: Path, database: str) -> str:
+    """Start the demo, wait for both subscriptions to show deliveries, Ctrl-C it; its output."""
+    demo = Demo(env, folder, database)
+    try:
+        wait_for(demo.delivered_both, 60, "a positive delivered count")
+    finally:
+        code = demo.interrupt()
+    assert code == 0, demo.output()
+    return demo.output()
+
+
 def test_all_in_one_with_the_memory_broker(database_url: str, receiver: Receiver) -> None:
     env = service_env(database_url, "unused", APIEVENTS_BROKER_URL="memory://")
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -79,13 +90,7 @@ def no_services_env(tmp_path: Path) -> dict[str, str]:
 def test_demo_falls_back_to_embedded_postgres_and_in_process_broker(
     no_services_env: dict[str, str], tmp_path: Path
 ) -> None:
-    demo = Demo(no_services_env, tmp_path / "demo", "apievents_demo")
-    try:
-        wait_for(demo.delivered_both, 60, "a positive delivered count")
-    finally:
-        code = demo.interrupt()
-    out = demo.output()
-    assert code == 0, out
+    out = run_until_delivered(no_services_env, tmp_path / "demo", "apievents_demo")
     assert "embedded PostgreSQL 16" in out and "in-process" in out, out
     assert out.splitlines()[-1] == "demo: stopped cleanly"
     assert not (tmp_path / "demo" / "pg" / "postmaster.pid").exists()  # embedded server stopped
@@ -103,12 +108,5 @@ def demo_database() -> Iterator[str]:
 
 
 def test_demo_with_real_postgresql_and_rabbitmq(demo_database: str, tmp_path: Path) -> None:
-    env = service_env(ADMIN_URL, "unused")
-    demo = Demo(env, tmp_path / "demo", demo_database)
-    try:
-        wait_for(demo.delivered_both, 60, "a positive delivered count")
-    finally:
-        code = demo.interrupt()
-    out = demo.output()
-    assert code == 0, out
+    out = run_until_delivered(service_env(ADMIN_URL, "unused"), tmp_path / "demo", demo_database)
     assert "demo: broker RabbitMQ" in out and f"database {demo_database!r} on PostgreSQL" in out

@@ -36,6 +36,15 @@ def take_over(conn: psycopg.Connection[Any], job_id: str, num: int) -> str:
     return holder
 
 
+def claimed_window(conn: psycopg.Connection[Any]) -> tuple[int, Any, Any, str]:
+    """A subscription with one change, claimed by the producer and taken over by a worker."""
+    num = subscribe(conn, "http://127.0.0.1:9/")
+    start = date_time_start(conn, num)
+    insert_appointments(conn, 1)
+    (job,) = claim_due(conn, 100, 60)[1]
+    return num, start, job, take_over(conn, job.job_id, num)
+
+
 def success(job: Any, holder: str) -> Outcome:
     return Outcome(
         job.job_id,
@@ -62,11 +71,7 @@ def test_one_window_per_subscription_in_flight(conn: psycopg.Connection[Any]) ->
 def test_success_moves_the_watermark_once_and_stale_outcomes_never(
     conn: psycopg.Connection[Any],
 ) -> None:
-    num = subscribe(conn, "http://127.0.0.1:9/")
-    start = date_time_start(conn, num)
-    insert_appointments(conn, 1)
-    (job,) = claim_due(conn, 100, 60)[1]
-    holder = take_over(conn, job.job_id, num)
+    num, start, job, holder = claimed_window(conn)
     outcome = success(job, holder)
     stranger = success(job, new_id())  # an older holder of the same job
     assert apply_batch(conn, [stranger], POLICY) == [STALE]
@@ -90,11 +95,7 @@ def test_success_moves_the_watermark_once_and_stale_outcomes_never(
 
 
 def test_failure_backs_off_and_keeps_the_watermark(conn: psycopg.Connection[Any]) -> None:
-    num = subscribe(conn, "http://127.0.0.1:9/")
-    start = date_time_start(conn, num)
-    insert_appointments(conn, 1)
-    (job,) = claim_due(conn, 100, 60)[1]
-    holder = take_over(conn, job.job_id, num)
+    num, start, job, holder = claimed_window(conn)
     failed = Outcome(
         job.job_id,
         holder,

@@ -62,3 +62,14 @@ def date_time_start(conn: psycopg.Connection[Any], num: int) -> Any:
 
 def state(conn: psycopg.Connection[Any], num: int) -> dict[str, Any]:
     return subscriptions.get(conn, num)
+
+
+def caught_up(conn: psycopg.Connection[Any], num: int, keys: list[int]) -> bool:
+    """The subscription's watermark covers these rows and no window is in flight."""
+    row = conn.execute(
+        "SELECT s.date_time_start >= (SELECT max(datetstamp) FROM appointment "
+        "WHERE aptnum = ANY(%s)) AND s.cursor_key IS NULL "
+        "FROM apievents.subscription s WHERE subscription_num = %s",
+        (keys, num),
+    ).fetchone()
+    return bool(row and row[0]) and not state(conn, num)["InFlight"]

@@ -14,7 +14,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from common import subscriptions
 from common.ssrf import EndpointPolicy
-from tests.integration.conftest import insert_appointments, state, subscribe
+from tests.integration.conftest import caught_up, insert_appointments, state, subscribe
 from tests.support import wait_for
 from tests.support.receiver import Receiver, Reply, sleep_then, status
 from tests.support.services import Pipeline, fast_settings
@@ -146,10 +146,11 @@ def test_a_huge_answer_is_read_only_in_part(
 ) -> None:
     receiver.behaviours["/big"] = lambda n: Reply(200, {}, b"x" * 10_000_000)
     num = subscribe(conn, receiver.url("/big"))
-    insert_appointments(conn, 3)
+    keys = insert_appointments(conn, 3)
     pipeline.start_all()
-    wait_for(lambda: state(conn, num)["LastSuccess"] is not None, 30, "success")
+    wait_for(lambda: caught_up(conn, num, keys), 30, "success")
     assert state(conn, num)["ConsecutiveFailures"] == 0
+    assert [r["AptNum"] for r in receiver.delivered("/big")] == keys
 
 
 @pytest.mark.parametrize(

@@ -104,18 +104,12 @@ class Broker:
         """True for kombu's memory transport (one process, no RabbitMQ)."""
         return self.url.startswith("memory://")
 
-    def connection(self, confirm_each: bool = True) -> kombu.Connection:
+    def connection(self) -> kombu.Connection:
         """A new, connected kombu connection; raises a TRANSIENT_ERROR if the broker is down.
 
-        With ``confirm_each`` every publish waits for its confirm; without it, use a
-        StreamPublisher, which waits once for a whole batch.
+        Publishing goes through a StreamPublisher, which waits for confirms once per batch.
         """
-        conn = kombu.Connection(
-            self.url,
-            heartbeat=0 if self.in_memory else 30,
-            connect_timeout=10,
-            transport_options={"confirm_publish": confirm_each},
-        )
+        conn = kombu.Connection(self.url, heartbeat=0 if self.in_memory else 30, connect_timeout=10)
         conn.connect()
         self.declare(conn)
         return conn
@@ -128,24 +122,9 @@ class Broker:
         for queue in self.topology.queues():
             queue(channel).declare()
 
-    def publisher(self, conn: kombu.Connection) -> Publisher:
-        """A publisher on its own channel of ``conn``."""
-        return Publisher(conn, self.topology)
-
     def stream_publisher(self, conn: kombu.Connection) -> StreamPublisher:
-        """A batch publisher with streamed confirms (``conn`` from connection(False))."""
+        """A publisher with streamed confirms on its own channel of ``conn``."""
         return StreamPublisher(conn, self.topology, self.in_memory)
-
-
-class Publisher:
-    """Publishes persistent messages; each call returns once the broker has confirmed it."""
-
-    def __init__(self, conn: kombu.Connection, topology: Topology) -> None:
-        self._producer = kombu.Producer(conn.channel(), exchange=topology.exchange)
-
-    def publish(self, body: bytes, routing_key: str) -> None:
-        """Publish and wait for the broker's confirm (raises if it is refused or times out)."""
-        self._producer.publish(body, routing_key=routing_key, timeout=10, **MESSAGE)
 
 
 class Unconfirmed(Exception):
@@ -159,8 +138,8 @@ class Unconfirmed(Exception):
 class StreamPublisher:
     """Publishes a batch with streamed confirms: send all, then wait once for the acks.
 
-    One round trip per batch instead of one per message. Use it on a connection opened with
-    ``confirm_each=False``; on the memory transport there is nothing to confirm.
+    One round trip per batch instead of one per message. On the memory transport there is
+    nothing to confirm.
     """
 
     def __init__(self, conn: kombu.Connection, topology: Topology, in_memory: bool) -> None:

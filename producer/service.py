@@ -70,7 +70,7 @@ class Producer:
                     "the database role must be superuser or have pg_read_all_stats, or open "
                     "transactions of other roles are invisible and changes could be skipped"
                 )
-        with self.broker.connection(confirm_each=False) as conn:
+        with self.broker.connection() as conn:
             self.lifecycle.connected.set()
             publisher = self.broker.stream_publisher(conn)
             while not self.lifecycle.stop.is_set():

@@ -68,7 +68,7 @@ class Worker:
         # Messages of an earlier connection went back to the queue when it died; their windows
         # may still finish here, but only the copy now delivered can be acked.
         self._in_flight.clear()
-        with self.broker.connection(confirm_each=False) as conn:
+        with self.broker.connection() as conn:
             self.lifecycle.connected.set()
             publisher = self.broker.stream_publisher(conn)
             consumer = kombu.Consumer(

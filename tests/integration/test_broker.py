@@ -35,9 +35,9 @@ def test_unparseable_messages_are_dead_lettered_and_services_carry_on(
     pipeline.start_all()
     broker = Broker(BROKER_URL, prefix)
     with broker.connection() as bconn:
-        publisher = broker.publisher(bconn)
-        publisher.publish(b"\x00 not a job", "jobs")
-        publisher.publish(b'{"v": 1, "type": "outcome"}', "outcomes")
+        publisher = broker.stream_publisher(bconn)
+        publisher.publish_all([b"\x00 not a job"], "jobs")
+        publisher.publish_all([b'{"v": 1, "type": "outcome"}'], "outcomes")
     dead: list[bytes] = []
 
     def dead_letters() -> int:
@@ -68,7 +68,7 @@ def test_streamed_confirms_report_exactly_the_refused_messages(prefix: str) -> N
         )
         small(channel).declare()
     try:
-        with broker.connection(confirm_each=False) as conn:
+        with broker.connection() as conn:
             publisher = broker.stream_publisher(conn)
             with pytest.raises(Unconfirmed) as refused:
                 publisher.publish_all([b"%d" % i for i in range(5)], "jobs")

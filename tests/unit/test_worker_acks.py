@@ -58,7 +58,7 @@ def broker() -> Broker:
 
 def publish(broker: Broker, body: bytes) -> None:
     with broker.connection() as conn:
-        broker.publisher(conn).publish(body, "jobs")
+        broker.stream_publisher(conn).publish_all([body], "jobs")
 
 
 def drain_queue(broker: Broker, name: str) -> list[bytes]:

@@ -175,12 +175,12 @@ def create(
     clean.setdefault("secret", new_secret())
     params = dict.fromkeys(FIELDS) | {"workstation": "", "customer_key": "", "note": ""} | clean
     row = conn.execute(queries.SUBSCRIPTION_INSERT, params).fetchone()
-    return to_json(conn, row) | {"Secret": clean["secret"]}
+    return to_json(row) | {"Secret": clean["secret"]}
 
 
 def get(conn: psycopg.Connection[Any], num: int) -> dict[str, Any]:
     """One subscription's JSON form; NotFound if there is none."""
-    return to_json(conn, conn.execute(queries.SUBSCRIPTION_GET, (num,)).fetchone(), num)
+    return to_json(conn.execute(queries.SUBSCRIPTION_GET, (num,)).fetchone(), num)
 
 
 def list_all(
@@ -191,7 +191,7 @@ def list_all(
         cur = conn.execute(queries.SUBSCRIPTION_LIST)
     else:
         cur = conn.execute(queries.SUBSCRIPTION_LIST_FOR, (customer_key,))
-    return [to_json(conn, r) for r in cur.fetchall()]
+    return [to_json(r) for r in cur.fetchall()]
 
 
 def update(
@@ -220,7 +220,7 @@ def update(
             queries.subscription_update(list(clean)),
             clean | {"num": num, "overlap": secret_overlap},
         ).fetchone()
-    return to_json(conn, row, num)
+    return to_json(row, num)
 
 
 def set_status(
@@ -230,7 +230,7 @@ def set_status(
     row = conn.execute(
         queries.SUBSCRIPTION_SET_STATUS, {"status": status, "reason": reason, "num": num}
     ).fetchone()
-    return to_json(conn, row, num)
+    return to_json(row, num)
 
 
 def rewind(conn: psycopg.Connection[Any], num: int, to: Any) -> dict[str, Any]:
@@ -240,7 +240,7 @@ def rewind(conn: psycopg.Connection[Any], num: int, to: Any) -> dict[str, Any]:
     if row is None:
         current = get(conn, num)  # NotFound if there is no such subscription
         raise InputError("to", f"must not be later than DateTimeStart {current['DateTimeStart']}")
-    return to_json(conn, row, num)
+    return to_json(row, num)
 
 
 def attempts(conn: psycopg.Connection[Any], num: int, limit: int = 100) -> list[dict[str, Any]]:
@@ -266,12 +266,10 @@ def attempts(conn: psycopg.Connection[Any], num: int, limit: int = 100) -> list[
 
 def remove(conn: psycopg.Connection[Any], num: int) -> dict[str, Any]:
     """Delete; returns what was deleted."""
-    return to_json(conn, conn.execute(queries.SUBSCRIPTION_DELETE, (num,)).fetchone(), num)
+    return to_json(conn.execute(queries.SUBSCRIPTION_DELETE, (num,)).fetchone(), num)
 
 
-def to_json(
-    conn: psycopg.Connection[Any], row: Sequence[Any] | None, num: int | None = None
-) -> dict[str, Any]:
+def to_json(row: Sequence[Any] | None, num: int | None = None) -> dict[str, Any]:
     """Open Dental's field names, plus Status and the delivery state."""
     if row is None:
         raise NotFound(num)

@@ -45,6 +45,19 @@ def claimed_window(conn: psycopg.Connection[Any]) -> tuple[int, Any, Any, str]:
     return num, start, job, take_over(conn, job.job_id, num)
 
 
+def failure(job: Any, holder: str, **answer: Any) -> Outcome:
+    return Outcome(
+        job.job_id,
+        holder,
+        job.subscription,
+        job.window_start,
+        job.window_end,
+        job.failures,
+        ok=False,
+        **answer,
+    )
+
+
 def success(job: Any, holder: str) -> Outcome:
     return Outcome(
         job.job_id,
@@ -79,35 +92,15 @@ def test_success_moves_the_watermark_once_and_stale_outcomes_never(
     assert apply_batch(conn, [outcome, outcome], POLICY) == [ADVANCED, STALE]  # duplicate
     assert date_time_start(conn, num) == job.window_end
     # A redelivered failure of the finished job cannot drag the subscription back either.
-    late = Outcome(
-        job.job_id,
-        holder,
-        num,
-        job.window_start,
-        job.window_end,
-        0,
-        ok=False,
-        http_status=500,
-        error="HTTP 500",
-    )
+    late = failure(job, holder, http_status=500, error="HTTP 500")
     assert apply_batch(conn, [late], POLICY) == [STALE]
     assert state(conn, num)["ConsecutiveFailures"] == 0
 
 
 def test_failure_backs_off_and_keeps_the_watermark(conn: psycopg.Connection[Any]) -> None:
     num, start, job, holder = claimed_window(conn)
-    failed = Outcome(
-        job.job_id,
-        holder,
-        num,
-        job.window_start,
-        job.window_end,
-        0,
-        ok=False,
-        http_status=503,
-        error_class="http_error",
-        error="HTTP 503",
-        retry_after=30,
+    failed = failure(
+        job, holder, http_status=503, error_class="http_error", error="HTTP 503", retry_after=30
     )
     assert apply_batch(conn, [failed], POLICY) == [FAILED]
     s = state(conn, num)

@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import ConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.models import (
+from apievents.api.models import (
     AttemptOut,
     ErrorOut,
     RewindIn,
@@ -23,8 +23,8 @@ from api.models import (
     SubscriptionOut,
     WatchTableOut,
 )
-from common import api_keys, registry, subscriptions
-from common.ssrf import EndpointPolicy
+from apievents.common import api_keys, registry, subscriptions
+from apievents.common.ssrf import EndpointPolicy
 
 COLUMN_OF = {name: column for column, name in subscriptions.FIELDS.items()}
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 
-from committer.service import build as build_committer
-from common.lifecycle import Lifecycle, Wired
-from common.settings import Settings
-from producer.service import build as build_producer
-from worker.service import build as build_worker
+from apievents.committer.service import build as build_committer
+from apievents.common.lifecycle import Lifecycle, Wired
+from apievents.common.settings import Settings
+from apievents.producer.service import build as build_producer
+from apievents.worker.service import build as build_worker
 
 log = logging.getLogger(__name__)
 

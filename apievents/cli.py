@@ -11,11 +11,11 @@ from typing import Any
 import orjson
 import psycopg
 
-from common import api_keys, db, logs, metrics, registry, subscriptions
-from common.lifecycle import ConfigurationError, Lifecycle, Wired
-from common.migrate import migrate
-from common.settings import Settings, SettingsError, add_arguments, from_namespace
-from common.ssrf import EndpointPolicy
+from apievents.common import api_keys, db, logs, metrics, registry, subscriptions
+from apievents.common.lifecycle import ConfigurationError, Lifecycle, Wired
+from apievents.common.migrate import migrate
+from apievents.common.settings import Settings, SettingsError, add_arguments, from_namespace
+from apievents.common.ssrf import EndpointPolicy
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 1
@@ -323,8 +323,8 @@ def _key_list(args: argparse.Namespace, settings: Settings) -> int:
 def _api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from api.app import create_app
-    from api.server import Server
+    from apievents.api.app import create_app
+    from apievents.api.server import Server
 
     logs.setup(settings.log_level)
     pool = db.pool(settings.database_url, 10, "api")
@@ -354,9 +354,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _service(args: argparse.Namespace, settings: Settings) -> int:
-    from committer.service import build as build_committer
-    from producer.service import build as build_producer
-    from worker.service import build as build_worker
+    from apievents.committer.service import build as build_committer
+    from apievents.producer.service import build as build_producer
+    from apievents.worker.service import build as build_worker
 
     builders: dict[str, Callable[[Settings, Lifecycle], Wired]] = {
         "producer": build_producer,

@@ -24,11 +24,11 @@ import orjson
 import psycopg
 from psycopg import conninfo, sql
 
-from common import queries, registry, subscriptions
-from common.broker import TRANSIENT_ERRORS
-from common.migrate import migrate
-from common.settings import Settings
-from common.ssrf import EndpointPolicy
+from apievents.common import queries, registry, subscriptions
+from apievents.common.broker import TRANSIENT_ERRORS
+from apievents.common.migrate import migrate
+from apievents.common.settings import Settings
+from apievents.common.ssrf import EndpointPolicy
 
 NOTE = "apievents demo"
 FEEDS = [("Appointment", "/appointments"), ("Patient", "/patients")]

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from common.migrate import migrate
+from apievents.common.migrate import migrate
 from tests.support.services import ADMIN_URL, BROKER_URL, admin, db_url, delete_topology
 
 PY = sys.executable

@@ -7,9 +7,9 @@ from typing import Any
 
 import psycopg
 
-from common import queries
-from common.messages import Checkpoint, Outcome
-from common.retry import RetryPolicy
+from apievents.common import queries
+from apievents.common.messages import Checkpoint, Outcome
+from apievents.common.retry import RetryPolicy
 
 ADVANCED, FAILED, STALE, CHECKPOINT = "advanced", "failed", "stale", "checkpoint"
 

@@ -12,14 +12,14 @@ import kombu
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from committer.apply import apply_batch
-from common import db, metrics
-from common.broker import Broker, drain
-from common.lifecycle import Lifecycle, Wired, readiness
-from common.logs import error_text
-from common.messages import Checkpoint, MessageError, Outcome, parse_report
-from common.retry import RetryPolicy
-from common.settings import Settings
+from apievents.committer.apply import apply_batch
+from apievents.common import db, metrics
+from apievents.common.broker import Broker, drain
+from apievents.common.lifecycle import Lifecycle, Wired, readiness
+from apievents.common.logs import error_text
+from apievents.common.messages import Checkpoint, MessageError, Outcome, parse_report
+from apievents.common.retry import RetryPolicy
+from apievents.common.settings import Settings
 
 log = logging.getLogger(__name__)
 

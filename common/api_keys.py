@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from common import queries
+from apievents.common import queries
 
 PREFIX = "apiev_"
 

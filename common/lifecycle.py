@@ -14,9 +14,9 @@ from typing import Protocol
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from common import queries
-from common.broker import TRANSIENT_ERRORS
-from common.logs import error_text
+from apievents.common import queries
+from apievents.common.broker import TRANSIENT_ERRORS
+from apievents.common.logs import error_text
 
 log = logging.getLogger(__name__)
 

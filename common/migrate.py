@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+_SCHEMA = resources.files("apievents.common") / "schema"
 _LOCK = 0x61706965  # advisory lock id ("apie"): concurrent `migrate` runs take turns
 _BOOTSTRAP = """
 CREATE SCHEMA IF NOT EXISTS apievents;
@@ -19,7 +20,7 @@ CREATE TABLE IF NOT EXISTS apievents.schema_migration (
 
 
 def _scripts() -> list[tuple[int, str, str]]:
-    folder = resources.files("common") / "schema"
+    folder = _SCHEMA
     found = []
     for entry in folder.iterdir():
         stem = entry.name.removesuffix(".sql")
@@ -44,6 +45,6 @@ def migrate(conn: psycopg.Connection[Any], sample_schema: bool = False) -> list[
                 )
                 applied.append(name)
         if sample_schema:
-            conn.execute((resources.files("common") / "schema" / "sample.sql").read_bytes())
+            conn.execute((_SCHEMA / "sample.sql").read_bytes())
             applied.append("sample.sql")
     return applied

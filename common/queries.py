@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 if TYPE_CHECKING:
-    from common.registry import WatchTable
+    from apievents.common.registry import WatchTable
 
 PING = "SELECT 1"
 

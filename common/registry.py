@@ -11,7 +11,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from common import queries
+from apievents.common import queries
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from common import queries, registry
-from common.ssrf import EndpointPolicy, EndpointRefused
+from apievents.common import queries, registry
+from apievents.common.ssrf import EndpointPolicy, EndpointRefused
 
 # Open Dental's field name for each column an operator may set.
 FIELDS = {

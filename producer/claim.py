@@ -10,10 +10,10 @@ from typing import Any
 
 import psycopg
 
-from common import queries, registry
-from common.logs import error_text
-from common.messages import Job, new_id
-from producer import window
+from apievents.common import queries, registry
+from apievents.common.logs import error_text
+from apievents.common.messages import Job, new_id
+from apievents.producer import window
 
 log = logging.getLogger(__name__)
 

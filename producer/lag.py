@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg
 
-from common import queries, registry
-from common.logs import error_text
+from apievents.common import queries, registry
+from apievents.common.logs import error_text
 
 log = logging.getLogger(__name__)
 

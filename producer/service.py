@@ -13,13 +13,13 @@ from datetime import timedelta
 
 from psycopg_pool import ConnectionPool
 
-from common import db, metrics, queries
-from common.broker import Broker, StreamPublisher, Unconfirmed
-from common.lifecycle import ConfigurationError, Lifecycle, Wired, readiness
-from common.messages import Job
-from common.settings import Settings
-from producer.claim import can_see_all_transactions, claim_due, release
-from producer.lag import largest_lag
+from apievents.common import db, metrics, queries
+from apievents.common.broker import Broker, StreamPublisher, Unconfirmed
+from apievents.common.lifecycle import ConfigurationError, Lifecycle, Wired, readiness
+from apievents.common.messages import Job
+from apievents.common.settings import Settings
+from apievents.producer.claim import can_see_all_transactions, claim_due, release
+from apievents.producer.lag import largest_lag
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL = 5.0  # seconds between lag measurements

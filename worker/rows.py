@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 import psycopg
 
-from common import queries
-from common.registry import WatchTable
+from apievents.common import queries
+from apievents.common.registry import WatchTable
 
 
 class RowEncodingError(ValueError):

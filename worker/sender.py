@@ -13,8 +13,8 @@ import certifi
 import httpcore
 import httpx
 
-from common.logs import error_text
-from common.ssrf import EndpointPolicy, EndpointRefused, resolve
+from apievents.common.logs import error_text
+from apievents.common.ssrf import EndpointPolicy, EndpointRefused, resolve
 
 MAX_RESPONSE_BYTES = 64 * 1024
 

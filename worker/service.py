@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 import kombu
 
-from common import db, metrics
-from common.broker import Broker, StreamPublisher, Unconfirmed, drain
-from common.lifecycle import Lifecycle, Wired, readiness
-from common.messages import Checkpoint, Job, MessageError, Outcome
-from common.settings import Settings
-from common.ssrf import EndpointPolicy
-from worker.sender import Sender
-from worker.window import Disposition, WindowRunner
+from apievents.common import db, metrics
+from apievents.common.broker import Broker, StreamPublisher, Unconfirmed, drain
+from apievents.common.lifecycle import Lifecycle, Wired, readiness
+from apievents.common.messages import Checkpoint, Job, MessageError, Outcome
+from apievents.common.settings import Settings
+from apievents.common.ssrf import EndpointPolicy
+from apievents.worker.sender import Sender
+from apievents.worker.window import Disposition, WindowRunner
 
 log = logging.getLogger(__name__)
 

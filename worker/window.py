@@ -15,13 +15,13 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from common import metrics, queries, registry
-from common.broker import TRANSIENT_ERRORS
-from common.logs import error_text
-from common.messages import Checkpoint, Job, Outcome, new_id
-from common.registry import WatchTable
-from worker import rows, signing
-from worker.sender import Answer, Sender
+from apievents.common import metrics, queries, registry
+from apievents.common.broker import TRANSIENT_ERRORS
+from apievents.common.logs import error_text
+from apievents.common.messages import Checkpoint, Job, Outcome, new_id
+from apievents.common.registry import WatchTable
+from apievents.worker import rows, signing
+from apievents.worker.sender import Answer, Sender
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from common import subscriptions
-from common.ssrf import EndpointPolicy
+from apievents.common import subscriptions
+from apievents.common.ssrf import EndpointPolicy
 from tests.support.services import Pipeline, connect, fast_settings
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from common import api_keys, db
-from common.ssrf import EndpointPolicy
+from apievents.api.app import create_app
+from apievents.common import api_keys, db
+from apievents.common.ssrf import EndpointPolicy
 from tests.integration.conftest import insert_appointments
 
 GOOD = {"EndPointUrl": "http://localhost:2097/", "WatchTable": "Appointment", "PollingSeconds": 5}

@@ -20,9 +20,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api.app import create_app
-from common import api_keys, db
-from common.ssrf import EndpointPolicy
+from apievents.api.app import create_app
+from apievents.common import api_keys, db
+from apievents.common.ssrf import EndpointPolicy
 from tests.support.services import connect
 
 CHECKS = [

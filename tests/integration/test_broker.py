@@ -9,7 +9,7 @@ import kombu
 import psycopg
 import pytest
 
-from common.broker import Broker, Unconfirmed
+from apievents.common.broker import Broker, Unconfirmed
 from tests.integration.conftest import insert_appointments, subscribe
 from tests.support import wait_for
 from tests.support.receiver import Receiver

@@ -7,12 +7,12 @@ from typing import Any
 
 import psycopg
 
-from committer.apply import ADVANCED, FAILED, STALE, apply_batch
-from common import registry
-from common.messages import Outcome, new_id
-from common.retry import RetryPolicy
-from producer.claim import Claimed
-from producer.claim import claim_due as _claim_due
+from apievents.committer.apply import ADVANCED, FAILED, STALE, apply_batch
+from apievents.common import registry
+from apievents.common.messages import Outcome, new_id
+from apievents.common.retry import RetryPolicy
+from apievents.producer.claim import Claimed
+from apievents.producer.claim import claim_due as _claim_due
 from tests.integration.conftest import date_time_start, insert_appointments, state, subscribe
 from tests.support import wait_for
 from tests.support.receiver import Receiver
@@ -154,7 +154,7 @@ def test_lost_job_is_reissued_after_its_lease(
 def test_paused_subscription_waits_and_resumes_where_it_stopped(
     conn: psycopg.Connection[Any], pipeline: Pipeline, receiver: Receiver
 ) -> None:
-    from common import subscriptions
+    from apievents.common import subscriptions
 
     num = subscribe(conn, receiver.url())
     subscriptions.set_status(conn, num, "paused")

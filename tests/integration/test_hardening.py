@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from common import subscriptions
-from common.ssrf import EndpointPolicy
+from apievents.common import subscriptions
+from apievents.common.ssrf import EndpointPolicy
 from tests.integration.conftest import caught_up, insert_appointments, state, subscribe
 from tests.support import wait_for
 from tests.support.receiver import Receiver, Reply, sleep_then, status

@@ -8,10 +8,10 @@ from typing import Any
 import psycopg
 from prometheus_client import REGISTRY
 
-from committer.apply import CHECKPOINT, STALE, apply_batch
-from common import metrics
-from common.messages import Checkpoint, Outcome, new_id
-from common.retry import RetryPolicy
+from apievents.committer.apply import CHECKPOINT, STALE, apply_batch
+from apievents.common import metrics
+from apievents.common.messages import Checkpoint, Outcome, new_id
+from apievents.common.retry import RetryPolicy
 from tests.integration.conftest import (
     caught_up,
     date_time_start,
@@ -127,7 +127,7 @@ def test_checkpoints_never_go_backwards_and_stale_ones_are_ignored(
 ) -> None:
     from datetime import timedelta
 
-    from producer.claim import claim_due
+    from apievents.producer.claim import claim_due
 
     num = subscribe(conn, "http://127.0.0.1:9/")
     keys = insert_appointments(conn, 30)

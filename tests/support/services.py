@@ -13,11 +13,11 @@ from typing import Any
 import kombu
 import psycopg
 
-from common import db
-from common.broker import Broker
-from common.lifecycle import Lifecycle
-from common.migrate import migrate
-from common.settings import Settings
+from apievents.common import db
+from apievents.common.broker import Broker
+from apievents.common.lifecycle import Lifecycle
+from apievents.common.migrate import migrate
+from apievents.common.settings import Settings
 
 ADMIN_URL = os.environ.get(
     "APIEVENTS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -109,9 +109,9 @@ class Pipeline:
     )
 
     def start(self, name: str, kind: str | None = None) -> None:
-        from committer.service import build as committer
-        from producer.service import build as producer
-        from worker.service import build as worker
+        from apievents.committer.service import build as committer
+        from apievents.producer.service import build as producer
+        from apievents.worker.service import build as worker
 
         builders: dict[str, Any] = {"producer": producer, "worker": worker, "committer": committer}
         lifecycle = Lifecycle()

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import common.metrics  # noqa: F401 - registers every metric family
+import apievents.common.metrics  # noqa: F401 - registers every metric family
 from apievents.cli import _parser
 
 ROOT = Path(__file__).resolve().parents[2]

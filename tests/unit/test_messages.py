@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from common.messages import Job, MessageError, Outcome, new_id
+from apievents.common.messages import Job, MessageError, Outcome, new_id
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 

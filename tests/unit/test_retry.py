@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from common.retry import RetryPolicy, next_attempt
+from apievents.common.retry import RetryPolicy, next_attempt
 
 POLICY = RetryPolicy(base=5, cap=3600)
 

@@ -7,9 +7,9 @@ import orjson
 import pytest
 from psycopg import sql
 
-from common import queries
-from common.registry import WatchTable
-from worker.rows import RowEncodingError, encode, position
+from apievents.common import queries
+from apievents.common.registry import WatchTable
+from apievents.worker.rows import RowEncodingError, encode, position
 
 WT = WatchTable(
     "Appointment",

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from common.settings import Settings, SettingsError, add_arguments, from_namespace
+from apievents.common.settings import Settings, SettingsError, add_arguments, from_namespace
 
 
 def test_environment_then_flags() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.subscriptions import InputError, check_url, parse_time
+from apievents.common.subscriptions import InputError, check_url, parse_time
 
 
 @pytest.mark.parametrize(

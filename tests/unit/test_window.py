@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from producer.window import UNKNOWN, plan, safe_end
+from apievents.producer.window import UNKNOWN, plan, safe_end
 
 T = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 S = timedelta(seconds=1)

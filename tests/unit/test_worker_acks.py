@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from common.broker import Broker
-from common.lifecycle import Lifecycle
-from common.messages import Job, Outcome, new_id
+from apievents.common.broker import Broker
+from apievents.common.lifecycle import Lifecycle
+from apievents.common.messages import Job, Outcome, new_id
+from apievents.worker.service import Worker
+from apievents.worker.window import Disposition
 from tests.support import wait_for
-from worker.service import Worker
-from worker.window import Disposition
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

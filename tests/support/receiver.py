@@ -17,7 +17,7 @@ class Received:
     path: str
     headers: dict[str, str]
     rows: list[dict[str, Any]]
-    status: int
+    status: int  # 0: the answer was trickled and the client may have given up
     body: bytes
 
 
@@ -30,8 +30,16 @@ class Reply:
     body: bytes = b"ok"
 
 
-# A behaviour decides the answer: an HTTP status, a Reply, or "close" to drop the connection.
-Behaviour = Callable[[int], "int | str | Reply"]
+@dataclass(frozen=True)
+class Trickle:
+    """A 200 whose status line and headers arrive one byte every ``seconds``."""
+
+    seconds: float
+
+
+# A behaviour decides the answer: an HTTP status, a Reply, a Trickle, or "close" to drop the
+# connection.
+Behaviour = Callable[[int], "int | str | Reply | Trickle"]
 
 
 def status(code: int) -> Behaviour:
@@ -55,6 +63,7 @@ class Receiver:
         self._counts: dict[str, int] = {}
         self._active: dict[str, int] = {}
         self.max_concurrent: dict[str, int] = {}
+        self.spans: list[tuple[str, float, float]] = []  # (path, first byte in, answer done)
         self._lock = threading.Lock()
         receiver = self
 
@@ -62,6 +71,7 @@ class Receiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
+                started = time.monotonic()
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with receiver._lock:
                     n = receiver._counts.get(self.path, 0)
@@ -72,22 +82,28 @@ class Receiver:
                     top = max(active, receiver.max_concurrent.get(self.path, 0))
                     receiver.max_concurrent[self.path] = top
                 try:
-                    answer = behave(n)
+                    self._answer(behave(n), body)
                 finally:
                     with receiver._lock:
                         receiver._active[self.path] -= 1
+                        receiver.spans.append((self.path, started, time.monotonic()))
+
+            def _answer(self, answer: int | str | Reply | Trickle, body: bytes) -> None:
                 if answer == "close":
                     self.close_connection = True
                     self.connection.close()
                     return
-                reply = answer if isinstance(answer, Reply) else Reply(int(answer), {})
-                with receiver._lock:
-                    receiver.received.append(
-                        Received(
-                            self.path, dict(self.headers), orjson.loads(body), reply.status, body
-                        )
-                    )
+                if isinstance(answer, Reply):
+                    reply = answer
+                elif isinstance(answer, Trickle):
+                    reply = Reply(0, {})  # not an answer the client can count on
+                else:
+                    reply = Reply(int(answer), {})
+                receiver._record(self.path, dict(self.headers), body, reply.status)
                 try:
+                    if isinstance(answer, Trickle):
+                        self._trickle(answer.seconds)
+                        return
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
@@ -97,12 +113,38 @@ class Receiver:
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True  # the client gave up (its timeout)
 
+            def _trickle(self, seconds: float) -> None:
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Slow: aaaaaaaaaa\r\n\r\nok":
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(seconds)
+
             def log_message(self, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
+
+    def _record(self, path: str, headers: dict[str, str], body: bytes, code: int) -> None:
+        with self._lock:
+            self.received.append(Received(path, headers, orjson.loads(body), code, body))
+
+    def active(self, path: str = "/hook") -> int:
+        """POSTs to ``path`` being answered right now."""
+        with self._lock:
+            return self._active.get(path, 0)
+
+    def overlapping(self, *paths: str) -> list[tuple[float, float]]:
+        """Pairs of POST spans (to any of ``paths``) that were in flight at the same time."""
+        with self._lock:
+            spans = sorted((s, e) for p, s, e in self.spans if p in paths)
+        found, latest = [], float("-inf")
+        for start, end in spans:
+            if start < latest:
+                found.append((start, latest))
+            latest = max(latest, end)
+        return found
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import kombu
@@ -141,3 +146,49 @@ class Pipeline:
 
 def connect(url: str) -> psycopg.Connection[Any]:
     return db.connect(url)
+
+
+@contextmanager
+def private_cluster(**server_settings: str) -> Iterator[str]:
+    """A throw-away PostgreSQL cluster of this test's own, for server settings that the shared
+    server must not be changed for (max_prepared_transactions needs a restart). Yields the URL
+    of its database ``apievents``, migrated with the sample schema; removed afterwards.
+    """
+    bin_dir = Path(
+        subprocess.run(
+            ["pg_config", "--bindir"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    folder = Path(tempfile.mkdtemp(prefix="apievents-pg-"))
+    as_owner: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(folder, "postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    data, port = folder / "data", _free_port()
+    options = " ".join(
+        f"-c {k}={v}"
+        for k, v in {"listen_addresses": "127.0.0.1", "fsync": "off", **server_settings}.items()
+    )
+
+    def run(*argv: str) -> None:
+        subprocess.run([*as_owner, *argv], check=True, capture_output=True, timeout=120)
+
+    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(folder / "log"),
+        "-o", f"-p {port} -k {folder} {options}", "start")  # fmt: skip
+    try:
+        url = f"postgresql://postgres@127.0.0.1:{port}/apievents"
+        with psycopg.connect(url.replace("/apievents", "/postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE apievents")
+        with psycopg.connect(url, autocommit=True) as conn:
+            migrate(conn, sample_schema=True)
+        yield url
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -40,7 +40,9 @@ class ApiError(Exception):
         self.status = status
 
 
-def create_app(pool: ConnectionPool, policy: EndpointPolicy, secret_overlap: float) -> FastAPI:
+def create_app(
+    pool: ConnectionPool, policy: EndpointPolicy, secret_overlap: float, margin: float = 0.05
+) -> FastAPI:
     """The ASGI application."""
     app = FastAPI(title="apievents", version="1", description=__doc__)
     bearer = HTTPBearer(auto_error=False)
@@ -106,7 +108,7 @@ def create_app(pool: ConnectionPool, policy: EndpointPolicy, secret_overlap: flo
     @app.post("/subscriptions", status_code=201, response_model=SubscriptionOut, responses=ERRORS)
     def create_subscription(body: SubscriptionIn, conn: Conn, ck: Customer) -> dict[str, Any]:
         """Create; the answer shows the signing secret this once."""
-        return subscriptions.create(conn, columns(body) | {"customer_key": ck}, policy)
+        return subscriptions.create(conn, columns(body) | {"customer_key": ck}, policy, margin)
 
     @app.get("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
     def get_subscription(num: int, conn: Conn, ck: Customer) -> dict[str, Any]:

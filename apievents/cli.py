@@ -112,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="COLUMN=JsonName",
         help="A column to deliver and its JSON name; repeat. Default: all columns.",
     )
+    p.add_argument(
+        "--stamped-by-application",
+        action="store_true",
+        help="Register without a trigger that sets the timestamp column. RISK: every INSERT "
+        "and UPDATE must then set it to now() (the transaction's start) itself; a change that "
+        "does not, or sets any other time, can be delivered late or never.",
+    )
     _leaf(wt_cmds, "list", "List registered WatchTables.", _wt_list)
     p = _leaf(wt_cmds, "remove", "Unregister a WatchTable no subscription uses.", _wt_remove)
     p.add_argument("name", help="WatchTable name.")
@@ -233,7 +240,13 @@ def _wt_add(args: argparse.Namespace, settings: Settings) -> int:
         fields.append((column.strip(), json_name.strip()))
     with db.connect(settings.database_url) as conn, conn.transaction():
         wt = registry.add(
-            conn, args.name, args.table, args.key_column, args.timestamp_column, fields
+            conn,
+            args.name,
+            args.table,
+            args.key_column,
+            args.timestamp_column,
+            fields,
+            stamped_by_application=args.stamped_by_application,
         )
     _print(wt.to_json())
     return 0
@@ -260,7 +273,10 @@ def _with_conn(settings: Settings, fn: Callable[[psycopg.Connection[Any]], Any])
 def _sub_add(args: argparse.Namespace, settings: Settings) -> int:
     policy = EndpointPolicy.from_settings(settings)
     return _with_conn(
-        settings, lambda c: subscriptions.create(c, _subscription_values(args), policy)
+        settings,
+        lambda c: subscriptions.create(
+            c, _subscription_values(args), policy, settings.watermark_margin_seconds
+        ),
     )
 
 
@@ -328,7 +344,12 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 
     logs.setup(settings.log_level)
     pool = db.pool(settings.database_url, 10, "api")
-    app = create_app(pool, EndpointPolicy.from_settings(settings), settings.secret_overlap_seconds)
+    app = create_app(
+        pool,
+        EndpointPolicy.from_settings(settings),
+        settings.secret_overlap_seconds,
+        settings.watermark_margin_seconds,
+    )
     config = uvicorn.Config(
         app, host=settings.api_host, port=settings.api_port, access_log=False, log_config=None
     )

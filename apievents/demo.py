@@ -168,6 +168,7 @@ class Demo:
                     "customer_key": "demo-key",
                 },
                 EndpointPolicy(),  # the demo's receiver is on loopback, always allowed here
+                self.settings.watermark_margin_seconds,
             )
             created.append((sub["SubscriptionNum"], table, path))
         return created

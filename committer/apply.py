@@ -11,7 +11,13 @@ from apievents.common import queries
 from apievents.common.messages import Checkpoint, Outcome
 from apievents.common.retry import RetryPolicy
 
-ADVANCED, FAILED, STALE, CHECKPOINT = "advanced", "failed", "stale", "checkpoint"
+ADVANCED, FAILED, STALE, CHECKPOINT, RELEASED = (
+    "advanced",
+    "failed",
+    "stale",
+    "checkpoint",
+    "released",  # the claim was revoked by an edit: dropped, the watermark untouched
+)
 
 
 def apply_batch(
@@ -20,10 +26,11 @@ def apply_batch(
     policy: RetryPolicy,
     disable_after: float = 259200.0,
 ) -> list[str]:
-    """Apply every report in one transaction; returns advanced, failed, checkpoint or stale.
+    """Apply every report in one transaction; returns a result per report (see above).
 
-    Only the claim's current holder (job id and holder id) moves DateTimeStart: to the window
-    end on success, to a checkpoint's position on progress. A failure never touches it.
+    Only the claim's current holder (job id and holder id) moves DateTimeStart, and only while
+    no edit revoked the claim: to the window end on success, to the position of the last row
+    answered 200 on a checkpoint or on a failure after progress.
     """
     attempts = [
         a | {"num": o.subscription, "window_start": o.window_start, "window_end": o.window_end}
@@ -31,13 +38,29 @@ def apply_batch(
         if isinstance(o, Outcome)
         for a in o.attempts
     ]
+    finals = [o for o in outcomes if isinstance(o, Outcome)]
     with conn.transaction(), conn.pipeline():
         cursors = [conn.execute(*_statement(o, policy, disable_after)) for o in outcomes]
         if attempts:  # the POSTs happened whatever became of the outcome
             conn.cursor().executemany(queries.RECORD_ATTEMPT, attempts)
+        revoked = conn.execute(queries.RELEASE_REVOKED, _claims(finals)) if finals else None
+    released = {tuple(r) for r in revoked.fetchall()} if revoked else set()
     return [
-        _result(o) if cur.rowcount == 1 else STALE for o, cur in zip(outcomes, cursors, strict=True)
+        _result(o) if cur.rowcount == 1 else RELEASED if _claim(o) in released else STALE
+        for o, cur in zip(outcomes, cursors, strict=True)
     ]
+
+
+def _claim(o: Outcome | Checkpoint) -> tuple[int, str, str]:
+    return (o.subscription, o.job_id, o.holder)
+
+
+def _claims(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
+    return {
+        "nums": [o.subscription for o in outcomes],
+        "jobs": [o.job_id for o in outcomes],
+        "holders": [o.holder for o in outcomes],
+    }
 
 
 def _result(o: Outcome | Checkpoint) -> str:
@@ -67,4 +90,8 @@ def _statement(
         "delay": policy.delay(o.failures + 1, o.retry_after),
         "gone": o.http_status == 410,
         "disable_after": disable_after,
+        "progress": o.position_ts is not None,
+        "position_ts": o.position_ts,
+        "position_key": o.position_key,
+        "retry_after": min(o.retry_after or 0.0, policy.cap),
     }

@@ -140,7 +140,7 @@ def build(settings: Settings, lifecycle: Lifecycle) -> Wired:
     """Wire a Committer from settings; returns it and a closer for its resources."""
     pool = db.pool(settings.database_url, 2, "committer")
     committer = Committer(
-        Broker(settings.broker_url, settings.queue_prefix),
+        Broker(settings.broker_url, settings.queue_prefix, settings.broker_heartbeat),
         pool,
         RetryPolicy(settings.retry_base_seconds, settings.retry_cap_seconds),
         lifecycle,

@@ -95,9 +95,10 @@ class Topology:
 class Broker:
     """Connections, declarations and confirmed publishing for one topology."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, heartbeat: float = 30.0) -> None:
         self.url = url
         self.topology = Topology(prefix)
+        self.heartbeat = heartbeat
 
     @property
     def in_memory(self) -> bool:
@@ -109,7 +110,8 @@ class Broker:
 
         Publishing goes through a StreamPublisher, which waits for confirms once per batch.
         """
-        conn = kombu.Connection(self.url, heartbeat=0 if self.in_memory else 30, connect_timeout=10)
+        heartbeat = 0 if self.in_memory else self.heartbeat
+        conn = kombu.Connection(self.url, heartbeat=heartbeat, connect_timeout=10)
         conn.connect()
         self.declare(conn)
         return conn
@@ -128,11 +130,16 @@ class Broker:
 
 
 class Unconfirmed(Exception):
-    """The broker refused (nacked) or did not confirm some messages in time."""
+    """The broker refused (nacked) or did not confirm some messages in time.
 
-    def __init__(self, indexes: list[int]) -> None:
+    ``indexes`` are all of them; ``refused`` the nacked ones, which were surely not routed.
+    The others may have been routed after all.
+    """
+
+    def __init__(self, indexes: list[int], refused: list[int] | None = None) -> None:
         super().__init__(f"{len(indexes)} message(s) not confirmed")
         self.indexes = indexes
+        self.refused = refused or []
 
 
 class StreamPublisher:
@@ -169,7 +176,7 @@ class StreamPublisher:
             drain(self.conn, min(1.0, max(0.01, deadline - time.monotonic())))
         failed = sorted(self._refused + list(self._waiting.values()))
         if failed:
-            raise Unconfirmed(failed)
+            raise Unconfirmed(failed, sorted(self._refused))
 
     def _settle(self, tag: int, multiple: bool) -> list[int]:
         tags = [t for t in self._waiting if t <= tag] if multiple else [tag]

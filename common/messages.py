@@ -114,6 +114,10 @@ class Outcome(_Message):
     error_class: str | None = None
     error: str | None = None
     retry_after: float | None = None
+    # Where the window stopped: the (DateTStamp, key) of its last row answered 200, if any batch
+    # was. A failure after progress keeps that progress and does not extend the failure streak.
+    position_ts: datetime | None = None
+    position_key: str | None = None
     # The window's attempt-log rows not yet written ({batch, rows, http_status, latency_ms,
     # error_class}); the committer writes them with the outcome.
     attempts: tuple[dict[str, Any], ...] = ()
@@ -141,6 +145,8 @@ class Outcome(_Message):
             error_class=_opt_str(d, "error_class"),
             error=_opt_str(d, "error"),
             retry_after=float(retry_after) if retry_after is not None else None,
+            position_ts=_time(d, "position_ts") if d.get("position_ts") is not None else None,
+            position_key=_opt_str(d, "position_key"),
             attempts=_attempts(d),
         )
 

@@ -27,13 +27,30 @@ VALUES (%s, %s, %s, %s, %s, %s)
 """
 REGISTRY_DELETE = "DELETE FROM apievents.watch_table WHERE name = %s"
 REGISTRY_IN_USE = "SELECT count(*) FROM apievents.subscription WHERE watch_table = %s"
+# What registration checks: the relation's kind, its columns, whether the key column alone has a
+# unique index that covers every row, and the triggers that could stamp the timestamp column.
+RELATION = """
+SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s
+"""
 TABLE_COLUMNS = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attnum
 FROM pg_attribute a
-JOIN pg_class c ON c.oid = a.attrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
+"""
+KEY_IS_UNIQUE = """
+SELECT EXISTS (SELECT 1 FROM pg_index i
+               WHERE i.indrelid = %s AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+                 AND i.indnkeyatts = 1 AND i.indkey[0] = %s)
+"""
+# Enabled BEFORE ... FOR EACH ROW triggers: their events (tgtype bits: 4 insert, 16 update),
+# and the text in which their function or arguments would name the column they set.
+ROW_TRIGGERS = """
+SELECT t.tgtype::int & 20, p.prosrc || ' ' || encode(t.tgargs, 'escape')
+FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+WHERE t.tgrelid = %s AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+  AND t.tgtype::int & 3 = 3
 """
 
 # -- Subscriptions ------------------------------------------------------------------------------
@@ -41,8 +58,8 @@ ORDER BY a.attnum
 SUBSCRIPTION_COLUMNS = """
     subscription_num, endpoint_url, workstation, customer_key, watch_table, polling_seconds,
     date_time_start, date_time_stop, note,
-    CASE WHEN status = 'active' AND date_time_stop <= now() THEN 'expired' ELSE status END
-        AS status,
+    CASE WHEN status = 'active' AND date_time_start >= date_time_stop AND cursor_key IS NULL
+         THEN 'expired' ELSE status END AS status,
     status_reason, last_error, last_http_status, consecutive_failures, next_attempt_at,
     last_attempt_at, last_success_at, claim_job IS NOT NULL AND claim_expires_at > now()
         AS in_flight
@@ -52,7 +69,7 @@ INSERT INTO apievents.subscription
     (endpoint_url, workstation, customer_key, watch_table, polling_seconds,
      date_time_start, date_time_stop, note, secret)
 VALUES (%(endpoint_url)s, %(workstation)s, %(customer_key)s, %(watch_table)s,
-        %(polling_seconds)s, coalesce(%(date_time_start)s, now()), %(date_time_stop)s,
+        %(polling_seconds)s, %(date_time_start)s, %(date_time_stop)s,
         %(note)s, %(secret)s)
 RETURNING {SUBSCRIPTION_COLUMNS}
 """
@@ -70,19 +87,31 @@ SUBSCRIPTION_DELETE = (
     f"DELETE FROM apievents.subscription WHERE subscription_num = %s "
     f"RETURNING {SUBSCRIPTION_COLUMNS}"
 )
-# Any change by an operator drops the claim: a window in flight stops at its next batch (its
-# lease check fails) and the subscription is re-issued from DateTimeStart with the new settings.
+# Dropping a claim: the subscription may be issued again.
 _RELEASE = """
     claim_job = NULL, claim_holder = NULL, claimed_at = NULL, claim_window_end = NULL,
-    claim_expires_at = NULL, claim_seq = 0, updated_at = now()
+    claim_expires_at = NULL, claim_seq = 0, claim_revoked = false, updated_at = now()
 """
+# An operator's change must not start a second POST while one may be in flight. A claim no
+# worker holds (or whose lease ran out) is dropped; a live one is revoked: its holder sends no
+# further batch (its lease check fails) and reports, and the committer drops the claim then.
+# Either way the subscription is due at once, with the new settings, from DateTimeStart.
+_LIVE = "(claim_holder IS NOT NULL AND claim_expires_at > now())"
+_REVOKE = (
+    ", ".join(
+        f"{c} = CASE WHEN {_LIVE} THEN {c} END"
+        for c in ("claim_job", "claim_holder", "claimed_at", "claim_window_end", "claim_expires_at")
+    )
+    + f", claim_seq = CASE WHEN {_LIVE} THEN claim_seq ELSE 0 END, claim_revoked = {_LIVE}"
+    + ", next_attempt_at = now(), updated_at = now()"
+)
 SUBSCRIPTION_SET_STATUS = f"""
 UPDATE apievents.subscription
-SET status = %(status)s, status_reason = %(reason)s, next_attempt_at = now(),
+SET status = %(status)s, status_reason = %(reason)s,
     consecutive_failures = CASE WHEN %(status)s = 'active' THEN 0
                                 ELSE consecutive_failures END,
     failing_since = CASE WHEN %(status)s = 'active' THEN NULL ELSE failing_since END,
-    {_RELEASE}
+    {_REVOKE}
 WHERE subscription_num = %(num)s
 RETURNING {SUBSCRIPTION_COLUMNS}
 """
@@ -91,11 +120,13 @@ SELECT date_time_start, date_time_stop FROM apievents.subscription
 WHERE subscription_num = %s FOR UPDATE
 """
 AS_TIMESTAMPTZ = "SELECT %s::timestamp::timestamptz"
-# Moving DateTimeStart back re-sends everything changed since. The claim is dropped, so a window
-# in flight stops at its next batch and its outcome can no longer move the watermark.
+# Moving DateTimeStart back re-sends everything changed since. The claim is revoked, so a window
+# in flight stops at its next batch and its outcome can no longer move the watermark. Setting
+# the start it already has keeps the position inside that timestamp (the cursor).
+_KEEP_CURSOR = "cursor_key = CASE WHEN date_time_start = %(to)s THEN cursor_key END"
 REWIND = f"""
 UPDATE apievents.subscription
-SET date_time_start = %(to)s, cursor_key = NULL, next_attempt_at = now(), {_RELEASE}
+SET date_time_start = %(to)s, {_KEEP_CURSOR}, {_REVOKE}
 WHERE subscription_num = %(num)s AND date_time_start >= %(to)s
 RETURNING {SUBSCRIPTION_COLUMNS}
 """
@@ -127,6 +158,10 @@ UPDATABLE = (
 )
 
 
+# Changes that leave a window in flight as good as it was: they never touch the claim.
+KEEPS_CLAIM = frozenset({"note", "polling_seconds", "secret"})
+
+
 def subscription_update(columns: list[str]) -> sql.Composed:
     """UPDATE of the named subscription columns (each must be in UPDATABLE)."""
     assert columns and set(columns) <= set(UPDATABLE), columns
@@ -134,7 +169,8 @@ def subscription_update(columns: list[str]) -> sql.Composed:
         sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder(c)) for c in columns
     )
     if "date_time_start" in columns:  # a new start is a whole timestamp: no cursor within it
-        sets = sql.SQL(", ").join([sets, sql.SQL("cursor_key = NULL")])
+        keep = _KEEP_CURSOR.replace("%(to)s", "%(date_time_start)s")
+        sets = sql.SQL(", ").join([sets, sql.SQL(keep)])
     if "secret" in columns:  # rotation: the replaced secret keeps signing for the overlap
         sets = sql.SQL(", ").join(
             [
@@ -145,10 +181,11 @@ def subscription_update(columns: list[str]) -> sql.Composed:
                 ),
             ]
         )
+    claim = "updated_at = now()" if set(columns) <= KEEPS_CLAIM else _REVOKE
     return sql.SQL(
-        "UPDATE apievents.subscription SET {sets}, next_attempt_at = now(), {release} "
+        "UPDATE apievents.subscription SET {sets}, {claim} "
         "WHERE subscription_num = %(num)s RETURNING {cols}"
-    ).format(sets=sets, release=sql.SQL(_RELEASE), cols=sql.SQL(SUBSCRIPTION_COLUMNS))
+    ).format(sets=sets, claim=sql.SQL(claim), cols=sql.SQL(SUBSCRIPTION_COLUMNS))
 
 
 # -- API keys -----------------------------------------------------------------------------------
@@ -172,57 +209,86 @@ ORDER BY api_key_id
 
 # -- Producer -----------------------------------------------------------------------------------
 
-# The window end is bounded by the database server's clock and by every open transaction:
-# a transaction that started at T may still commit rows stamped T or later (now() is its start
-# time), so no window may end at or after T while it is open. Read the clock first, then the
-# activity snapshot (PostgreSQL caches that snapshot for the rest of the transaction).
+# The window end is bounded by the database server's clock and by every write that can still
+# commit (common/watermark.py). A transaction that started at T may commit rows stamped T (now()
+# is its start time), so no window may end at or after T while it is open. An active statement
+# shows its query_start (the same timestamp, for a transaction's first statement) a moment
+# before its xact_start. Prepared transactions and sessions with track_activities off show no
+# start at all: they are counted, and the end then stays at the frontier. Read the clock first,
+# then the activity snapshot (PostgreSQL caches that snapshot for the rest of the transaction).
 SERVER_CLOCK = "SELECT clock_timestamp()"
-OLDEST_OPEN_TRANSACTION = """
-SELECT min(xact_start) FROM pg_stat_activity
-WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND datname = current_database()
+_SESSIONS = """
+FROM pg_stat_activity
+WHERE pid <> pg_backend_pid() AND datname = current_database()
   AND backend_type NOT IN ('autovacuum worker', 'autovacuum launcher', 'walsender',
                            'checkpointer', 'background writer', 'walwriter', 'archiver',
                            'startup', 'logical replication launcher')
 """
-# Without pg_read_all_stats (or superuser), other roles' transactions show no xact_start and
-# the bound above could not see them.
+WRITES_IN_FLIGHT = f"""
+SELECT (SELECT min(least(xact_start, CASE WHEN state <> 'idle' THEN query_start END))
+        {_SESSIONS}),
+       (SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database())
+     + (SELECT count(*) {_SESSIONS} AND state = 'disabled'),
+       (SELECT window_end FROM apievents.window_frontier WHERE source = '')
+"""
+ADVANCE_FRONTIER = """
+INSERT INTO apievents.window_frontier AS f (source, window_end) VALUES ('', %s)
+ON CONFLICT (source) DO UPDATE SET window_end = greatest(f.window_end, excluded.window_end)
+"""
+# Without pg_read_all_stats (or superuser), other roles' transactions show no xact_start; with
+# track_activities off, no session shows one. Either way the bound above would be blind.
 CAN_SEE_ALL_TRANSACTIONS = """
-SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
+SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'),
+       current_setting('track_activities')::boolean
 FROM pg_roles WHERE rolname = current_user
 """
 
 # Lock the subscriptions that are due and not held by a live claim. SKIP LOCKED lets several
 # producer replicas share the work without waiting on each other.
-DUE_FOR_UPDATE = """
+# A subscription stays due until its watermark reaches DateTimeStop: rows stamped before the
+# stop are still owed after the stop has passed.
+_OWES = """
+    (date_time_stop IS NULL OR date_time_start < date_time_stop
+     OR (date_time_start = date_time_stop AND cursor_key IS NOT NULL))
+"""
+DUE_FOR_UPDATE = f"""
 SELECT subscription_num, watch_table, date_time_start, cursor_key, date_time_stop,
        consecutive_failures
 FROM apievents.subscription
 WHERE status = 'active'
   AND next_attempt_at <= now()
-  AND (date_time_stop IS NULL OR date_time_stop > now())
+  AND {_OWES}
   AND (claim_job IS NULL OR claim_expires_at <= now())
 ORDER BY next_attempt_at, subscription_num
 LIMIT %s
 FOR UPDATE SKIP LOCKED
 """
 
-# Nothing changed since DateTimeStart: no job, just look again after PollingSeconds.
+# Nothing changed since DateTimeStart: no job; look again after PollingSeconds. Every change up
+# to the safe window end was delivered, so DateTimeStart moves there (never past DateTimeStop,
+# never back), as Open Dental moves it on every poll: a live subscription's start keeps pace.
+_IDLE_START = "greatest(date_time_start, least(%(end)s, coalesce(date_time_stop, 'infinity')))"
 RESCHEDULE_IDLE = f"""
 UPDATE apievents.subscription
-SET next_attempt_at = now() + polling_seconds * interval '1 second', {_RELEASE}
-WHERE subscription_num = ANY(%s)
+SET next_attempt_at = now() + polling_seconds * interval '1 second',
+    cursor_key = CASE WHEN {_IDLE_START} > date_time_start THEN NULL ELSE cursor_key END,
+    date_time_start = {_IDLE_START}, {_RELEASE}
+WHERE subscription_num = ANY(%(nums)s)
 """
 
 CLAIM = """
 UPDATE apievents.subscription s
 SET claim_job = c.job, claim_holder = NULL, claimed_at = now(), claim_window_end = c.window_end,
-    claim_expires_at = now() + %(lease)s * interval '1 second', claim_seq = 0
+    claim_expires_at = now() + %(lease)s * interval '1 second', claim_seq = 0,
+    claim_revoked = false
 FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[], %(ends)s::timestamptz[])
     AS c(num, job, window_end)
 WHERE s.subscription_num = c.num
 """
 
-# A job the broker never confirmed: give the window back at once instead of waiting for its lease.
+# A job the broker refused (nacked) was never routed: give the window back at once instead of
+# waiting for its lease. A job whose confirm did not come may have been routed; it keeps its
+# claim until the lease runs out, so no second job can run beside it.
 RELEASE_CLAIMS = f"""
 UPDATE apievents.subscription SET next_attempt_at = now(), {_RELEASE}
 WHERE claim_job = ANY(%s::uuid[])
@@ -236,10 +302,10 @@ def newest_change(wt: WatchTable) -> sql.Composed:
 
 # Per WatchTable, the position of the furthest-behind active subscription (and whether it sits
 # inside a timestamp, so rows at that timestamp may still be due).
-LAGGING_POSITIONS = """
+LAGGING_POSITIONS = f"""
 SELECT DISTINCT ON (watch_table) watch_table, date_time_start, cursor_key IS NOT NULL
 FROM apievents.subscription
-WHERE status = 'active' AND (date_time_stop IS NULL OR date_time_stop > now())
+WHERE status = 'active' AND {_OWES}
 ORDER BY watch_table, date_time_start, cursor_key IS NOT NULL DESC
 """
 
@@ -254,16 +320,17 @@ def oldest_change_after(wt: WatchTable, *, inclusive: bool) -> sql.Composed:
 
 # -- Worker -------------------------------------------------------------------------------------
 
-# The worker that starts (or restarts) a job becomes the claim's holder. A previous holder of the
-# same job notices at its next lease check and stops, so one window never runs twice at once.
-# It resumes from the subscription's cursor, which checkpoints may have moved past the job's
-# window start.
+# The worker that starts a job becomes the claim's holder, but only of a claim nobody holds or
+# whose holder's lease ran out: a broker may hand a job to a second worker while the first is
+# still sending (a lost connection), and one window must never run twice at once. The window
+# resumes from the subscription's cursor, which checkpoints may have moved past its start.
 TAKE_OVER = f"""
 UPDATE apievents.subscription s
 SET claim_holder = %(holder)s, claim_expires_at = now() + %(lease)s * interval '1 second',
     last_attempt_at = now()
 FROM apievents.watch_table w
 WHERE s.subscription_num = %(num)s AND s.claim_job = %(job)s AND s.status = 'active'
+  AND NOT s.claim_revoked AND (s.claim_holder IS NULL OR s.claim_expires_at <= now())
   AND w.name = s.watch_table
 RETURNING s.date_time_start, s.cursor_key, s.claim_seq, s.endpoint_url, s.customer_key,
           s.workstation, s.secret,
@@ -271,10 +338,17 @@ RETURNING s.date_time_start, s.cursor_key, s.claim_seq, s.endpoint_url, s.custom
           w.{REGISTRY_COLUMNS.replace(", ", ", w.")}
 """
 
+# Why a take-over found nothing: the claim is held by a live holder (busy), or it moved on.
+CLAIM_BUSY = """
+SELECT claim_holder IS NOT NULL AND claim_expires_at > now() AND NOT claim_revoked
+FROM apievents.subscription WHERE subscription_num = %(num)s AND claim_job = %(job)s
+"""
+
 EXTEND_LEASE = """
 UPDATE apievents.subscription
 SET claim_expires_at = now() + %(lease)s * interval '1 second'
 WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
+  AND NOT claim_revoked
 """
 
 
@@ -312,41 +386,66 @@ def window_page(wt: WatchTable, *, first: bool) -> sql.Composed:
 
 # -- Committer ----------------------------------------------------------------------------------
 
-# Compare-and-set: only the claim's current holder moves the watermark. A late, duplicate or
-# superseded outcome matches no row, because each start of a job has its own holder id.
+# Compare-and-set: only the claim's current holder moves the watermark, and only while no edit
+# revoked the claim. A late, duplicate or superseded outcome matches no row, because each start
+# of a job has its own holder id.
+_HOLDER = """
+subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
+  AND NOT claim_revoked
+"""
 COMMIT_SUCCESS = f"""
 UPDATE apievents.subscription
 SET date_time_start = %(window_end)s, cursor_key = NULL,
     next_attempt_at = claimed_at + polling_seconds * interval '1 second',
     consecutive_failures = 0, last_error = NULL, last_http_status = %(http_status)s,
     failing_since = NULL, last_success_at = now(), {_RELEASE}
-WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
+WHERE {_HOLDER}
 """
 
 # Progress inside a window: the claim stays; claim_seq keeps checkpoints from going backwards
 # when two committers apply them out of order.
-COMMIT_CHECKPOINT = """
+COMMIT_CHECKPOINT = f"""
 UPDATE apievents.subscription
 SET date_time_start = %(position_ts)s, cursor_key = %(position_key)s, claim_seq = %(seq)s,
     failing_since = NULL, last_success_at = now(), updated_at = now()
-WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
-  AND claim_seq < %(seq)s
+WHERE {_HOLDER} AND claim_seq < %(seq)s
 """
 
-# A failure backs off; 410 Gone, or failing continuously for disable_after seconds, disables.
+# A failure. A window that delivered nothing extends the failure streak and backs off; 410 Gone,
+# or failing continuously for disable_after seconds, disables. A window that delivered some
+# batches first keeps that progress (the position of its last row answered 200), does not
+# extend the streak, and is retried at its next poll behind the others that are due: an
+# endpoint that fails now and then must not fall behind for good.
+_FAILING_TOO_LONG = (
+    "NOT %(progress)s AND failing_since <= now() - %(disable_after)s * interval '1 second'"
+)
 COMMIT_FAILURE = f"""
 UPDATE apievents.subscription
-SET consecutive_failures = consecutive_failures + 1, last_error = %(error)s,
-    last_http_status = %(http_status)s,
-    failing_since = coalesce(failing_since, now()),
-    status = CASE WHEN %(gone)s
-                    OR failing_since <= now() - %(disable_after)s * interval '1 second'
-                  THEN 'disabled' ELSE status END,
+SET date_time_start = CASE WHEN %(progress)s THEN %(position_ts)s ELSE date_time_start END,
+    cursor_key = CASE WHEN %(progress)s THEN %(position_key)s ELSE cursor_key END,
+    consecutive_failures = CASE WHEN %(progress)s THEN 0 ELSE consecutive_failures + 1 END,
+    last_error = %(error)s, last_http_status = %(http_status)s,
+    failing_since = CASE WHEN %(progress)s THEN NULL ELSE coalesce(failing_since, now()) END,
+    last_success_at = CASE WHEN %(progress)s THEN now() ELSE last_success_at END,
+    status = CASE WHEN %(gone)s OR {_FAILING_TOO_LONG} THEN 'disabled' ELSE status END,
     status_reason = CASE
         WHEN %(gone)s THEN 'the endpoint answered 410 Gone'
-        WHEN failing_since <= now() - %(disable_after)s * interval '1 second'
-        THEN 'failing continuously since ' || failing_since::text
+        WHEN {_FAILING_TOO_LONG} THEN 'failing continuously since ' || failing_since::text
         ELSE status_reason END,
-    next_attempt_at = now() + %(delay)s * interval '1 second', {_RELEASE}
-WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
+    next_attempt_at = CASE
+        WHEN %(progress)s THEN greatest(claimed_at + polling_seconds * interval '1 second',
+                                        now() + %(retry_after)s * interval '1 second')
+        ELSE now() + %(delay)s * interval '1 second' END,
+    {_RELEASE}
+WHERE {_HOLDER}
+"""
+
+# Outcomes of revoked claims (an operator edited the subscription mid-window): drop the claim,
+# never touch the watermark; the subscription is due again at once, from DateTimeStart.
+RELEASE_REVOKED = f"""
+UPDATE apievents.subscription s SET next_attempt_at = now(), {_RELEASE}
+FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[], %(holders)s::uuid[]) AS o(num, job, holder)
+WHERE s.subscription_num = o.num AND s.claim_job = o.job AND s.claim_holder = o.holder
+  AND s.claim_revoked
+RETURNING o.num, o.job::text, o.holder::text
 """

@@ -81,6 +81,21 @@ def all_tables(conn: psycopg.Connection[Any]) -> list[WatchTable]:
     return [WatchTable.from_row(r) for r in conn.execute(queries.REGISTRY_LIST)]
 
 
+# Schemas whose tables must never be watched: apievents' own state (signing secrets, keys) and
+# the catalogs. A subscription to one would hand any API key every customer's secrets.
+SYSTEM_SCHEMAS = frozenset({"apievents", "pg_catalog", "information_schema"})
+# A stamp must be as precise as now(): a column that rounds it can round a transaction's stamp
+# to before its start, past a window end that was safe.
+TIMESTAMPTZ = frozenset({"timestamp with time zone", "timestamp(6) with time zone"})
+
+
+@dataclass(frozen=True)
+class _Column:
+    type: str
+    not_null: bool
+    number: int
+
+
 def add(
     conn: psycopg.Connection[Any],
     name: str,
@@ -88,24 +103,39 @@ def add(
     key_column: str,
     timestamp_column: str,
     fields: Sequence[tuple[str, str]] = (),
+    *,
+    stamped_by_application: bool = False,
 ) -> WatchTable:
-    """Register a table after checking that it and its columns exist; writes nothing on error."""
+    """Register a table after checking that its changes can be windowed without loss.
+
+    The table must be an ordinary or partitioned table outside the system schemas; the key a
+    unique, NOT NULL column; the timestamp ``timestamptz`` with six fractional digits, set by
+    a BEFORE INSERT and UPDATE row trigger (unless ``stamped_by_application``). Nothing is
+    written on error.
+    """
     if not _NAME.match(name):
         raise RegistryError(f"--name: {name!r} must be letters, digits and _ (max 63)")
     schema, _, tname = table.rpartition(".")
     schema = schema or "public"
-    columns = dict(conn.execute(queries.TABLE_COLUMNS, (schema, tname)).fetchall())
-    if not columns:
-        raise RegistryError(f"--table: no table {schema}.{tname}")
+    if schema in SYSTEM_SCHEMAS or schema.startswith("pg_"):
+        raise RegistryError(f"--table: {schema}.{tname} is in a system schema")
+    oid, columns = _relation(conn, schema, tname)
+    where = f"{schema}.{tname}"
     for flag, col in (("--key-column", key_column), ("--timestamp-column", timestamp_column)):
         if col not in columns:
-            raise RegistryError(f"{flag}: {schema}.{tname} has no column {col!r}")
-    if not columns[timestamp_column].startswith("timestamp"):
-        raise RegistryError(f"--timestamp-column: {timestamp_column!r} is not a timestamp")
+            raise RegistryError(f"{flag}: {where} has no column {col!r}")
+    _check_key(conn, oid, where, key_column, columns[key_column])
+    if columns[timestamp_column].type not in TIMESTAMPTZ:
+        raise RegistryError(
+            f"--timestamp-column: {timestamp_column!r} is {columns[timestamp_column].type}; "
+            "it must be timestamp with time zone with 6 fractional digits"
+        )
+    if not stamped_by_application:
+        _check_trigger(conn, oid, where, timestamp_column)
     chosen = list(fields) or [(c, c) for c in columns]
     for col, _ in chosen:
         if col not in columns:
-            raise RegistryError(f"--field: {schema}.{tname} has no column {col!r}")
+            raise RegistryError(f"--field: {where} has no column {col!r}")
     json_names = [j for _, j in chosen]
     if len(set(json_names)) != len(json_names) or not all(json_names):
         raise RegistryError("--field: JSON field names must be unique and non-empty")
@@ -118,6 +148,43 @@ def add(
     except psycopg.errors.UniqueViolation:
         raise RegistryError(f"--name: WatchTable {name!r} already exists") from None
     return wt
+
+
+def _relation(
+    conn: psycopg.Connection[Any], schema: str, tname: str
+) -> tuple[int, dict[str, _Column]]:
+    found = conn.execute(queries.RELATION, (schema, tname)).fetchone()
+    if found is None:
+        raise RegistryError(f"--table: no table {schema}.{tname}")
+    oid, kind = found
+    if kind not in ("r", "p"):  # views, foreign tables and the rest cannot be watched safely
+        raise RegistryError(f"--table: {schema}.{tname} is not an ordinary or partitioned table")
+    rows = conn.execute(queries.TABLE_COLUMNS, (oid,)).fetchall()
+    return oid, {c: _Column(type_, nn, num) for c, type_, nn, num in rows}
+
+
+def _check_key(
+    conn: psycopg.Connection[Any], oid: int, where: str, key: str, column: _Column
+) -> None:
+    """Rows are paged by (timestamp, key): two rows with one key could be skipped or repeated."""
+    row = conn.execute(queries.KEY_IS_UNIQUE, (oid, column.number)).fetchone()
+    if not (column.not_null and row and row[0]):
+        raise RegistryError(
+            f"--key-column: {key!r} of {where} must be NOT NULL with a unique index of its own"
+        )
+
+
+def _check_trigger(conn: psycopg.Connection[Any], oid: int, where: str, column: str) -> None:
+    """A change the trigger does not stamp keeps its old timestamp and is never sent."""
+    events = 0
+    for kinds, text in conn.execute(queries.ROW_TRIGGERS, (oid,)).fetchall():
+        if re.search(rf"\b{re.escape(column)}\b", text or "", re.IGNORECASE):
+            events |= kinds
+    if events != 20:  # 4 (insert) | 16 (update)
+        raise RegistryError(
+            f"--timestamp-column: no BEFORE INSERT and UPDATE row trigger of {where} sets "
+            f"{column!r}; add one (see README), or pass --stamped-by-application"
+        )
 
 
 def remove(conn: psycopg.Connection[Any], name: str) -> WatchTable:

@@ -32,6 +32,9 @@ class Settings:
     )
     metrics_port: int = _opt(0, "Port for Prometheus /metrics; 0 disables.")
     queue_prefix: str = _opt("apievents", "Prefix of every exchange and queue name.")
+    broker_heartbeat: int = _opt(
+        30, "AMQP heartbeat in whole seconds: a silent broker connection is dropped after two."
+    )
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR.")
     api_host: str = _opt("127.0.0.1", "API: address to listen on (0.0.0.0 in a container).")
     api_port: int = _opt(8080, "API: port of the Subscriptions REST API.")
@@ -138,6 +141,7 @@ class Settings:
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _POSITIVE = (
+    "broker_heartbeat",
     "lease_seconds",
     "tick_seconds",
     "http_timeout",

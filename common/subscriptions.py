@@ -6,13 +6,13 @@ import base64
 import ipaddress
 import secrets
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
 
-from apievents.common import queries, registry
+from apievents.common import queries, registry, watermark
 from apievents.common.ssrf import EndpointPolicy, EndpointRefused
 
 # Open Dental's field name for each column an operator may set.
@@ -168,13 +168,29 @@ def _in_db_zone(conn: psycopg.Connection[Any], t: datetime) -> datetime:
 
 
 def create(
-    conn: psycopg.Connection[Any], values: Mapping[str, Any], policy: EndpointPolicy
+    conn: psycopg.Connection[Any],
+    values: Mapping[str, Any],
+    policy: EndpointPolicy,
+    margin: float = 0.05,
 ) -> dict[str, Any]:
-    """Validate and insert; returns the JSON form, with the signing secret shown this once."""
+    """Validate and insert; returns the JSON form, with the signing secret shown this once.
+
+    The default DateTimeStart is the safe window end (``margin`` is the producer's
+    --watermark-margin-seconds), not now(): a transaction open at creation may still commit
+    rows stamped before now(), and they belong to the new subscription.
+    """
     clean = validate(conn, values, partial=False, policy=policy)
     clean.setdefault("secret", new_secret())
     params = dict.fromkeys(FIELDS) | {"workstation": "", "customer_key": "", "note": ""} | clean
-    row = conn.execute(queries.SUBSCRIPTION_INSERT, params).fetchone()
+    with conn.transaction():
+        if params["date_time_start"] is None:
+            start = watermark.read(conn, timedelta(seconds=margin)).end
+            stop = params["date_time_stop"]
+            if stop is not None and stop <= start:
+                raise InputError("date_time_stop", "must be after DateTimeStart")
+            watermark.advance(conn, start)
+            params["date_time_start"] = start
+        row = conn.execute(queries.SUBSCRIPTION_INSERT, params).fetchone()
     return to_json(row) | {"Secret": clean["secret"]}
 
 

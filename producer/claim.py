@@ -10,12 +10,14 @@ from typing import Any
 
 import psycopg
 
-from apievents.common import queries, registry
+from apievents.common import queries, registry, watermark
 from apievents.common.logs import error_text
 from apievents.common.messages import Job, new_id
+from apievents.common.watermark import Horizon
 from apievents.producer import window
 
 log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # WatchTables already reported as unusable, once per process
 
 
 @dataclass(frozen=True)
@@ -24,13 +26,7 @@ class Claimed:
 
     due: int
     jobs: list[Job]
-    clock: datetime  # the database server's clock
-    end: datetime  # the safe window end: clock minus what open transactions hold back
-
-    @property
-    def hold_seconds(self) -> float:
-        """How far open transactions hold deliveries behind the server clock."""
-        return (self.clock - self.end).total_seconds()
+    horizon: Horizon  # the server clock and the safe window end read with it
 
 
 def claim_due(
@@ -38,16 +34,18 @@ def claim_due(
 ) -> Claimed:
     """Claim up to ``limit`` due subscriptions in one transaction.
 
-    The window end is read from the database server's clock and bounded by open transactions
-    (window.safe_end). A subscription whose table has nothing newer than its position gets no
-    job and is simply looked at again after PollingSeconds.
+    The window end is read from the database server's clock and bounded by every write that
+    can still commit (common/watermark.py). A subscription whose table has nothing newer than
+    its position gets no job: its DateTimeStart moves to the window end, and it is looked at
+    again after PollingSeconds.
     """
     with conn.transaction():
-        clock = _scalar(conn, queries.SERVER_CLOCK)
-        end = window.safe_end(clock, _scalar(conn, queries.OLDEST_OPEN_TRANSACTION), margin)
+        horizon = watermark.read(conn, margin)
+        end = horizon.end
         due = conn.execute(queries.DUE_FOR_UPDATE, (limit,)).fetchall()
         if not due:
-            return Claimed(0, [], clock, end)
+            return Claimed(0, [], horizon)
+        watermark.advance(conn, end)
         newest = _newest_changes(conn, {row[1] for row in due})
         idle: list[int] = []
         jobs: list[Job] = []
@@ -58,7 +56,7 @@ def claim_due(
             else:
                 jobs.append(Job(new_id(), num, start, job_end, failures, cursor_key, watch_table))
         if idle:
-            conn.execute(queries.RESCHEDULE_IDLE, (idle,))
+            conn.execute(queries.RESCHEDULE_IDLE, {"nums": idle, "end": end})
         if jobs:
             conn.execute(
                 queries.CLAIM,
@@ -69,21 +67,11 @@ def claim_due(
                     "ends": [j.window_end for j in jobs],
                 },
             )
-    return Claimed(len(due), jobs, clock, end)
-
-
-def can_see_all_transactions(conn: psycopg.Connection[Any]) -> bool:
-    """Whether this role sees every session's xact_start (superuser or pg_read_all_stats)."""
-    return bool(_scalar(conn, queries.CAN_SEE_ALL_TRANSACTIONS))
-
-
-def _scalar(conn: psycopg.Connection[Any], query: str) -> Any:
-    row = conn.execute(query.encode()).fetchone()
-    return None if row is None else row[0]
+    return Claimed(len(due), jobs, horizon)
 
 
 def release(conn: psycopg.Connection[Any], jobs: Iterable[Job]) -> None:
-    """Give back claims whose jobs never reached the broker."""
+    """Give back claims whose jobs the broker refused (they were never routed)."""
     conn.execute(queries.RELEASE_CLAIMS, ([j.job_id for j in jobs],))
 
 
@@ -96,7 +84,7 @@ def _newest_changes(conn: psycopg.Connection[Any], names: set[str]) -> dict[str,
         try:
             with conn.transaction():  # a savepoint: a dropped table must not abort the claim
                 row = conn.execute(queries.newest_change(wt)).fetchone()
-            newest[wt.name] = row[0] if row else None
+            newest[wt.name] = _aware(wt.name, row[0] if row else None)
         except psycopg.errors.Error as e:
             if isinstance(e, psycopg.OperationalError):
                 raise
@@ -104,4 +92,15 @@ def _newest_changes(conn: psycopg.Connection[Any], names: set[str]) -> dict[str,
                 "watch_table_unreadable", extra={"watch_table": wt.name, "error": error_text(e)}
             )
             newest[wt.name] = window.UNKNOWN
+    return newest
+
+
+def _aware(name: str, newest: datetime | None) -> datetime | object | None:
+    """A time that compares with window ends. A column without a time zone (registered before
+    the registry refused them) cannot: its window is issued and the reading reports."""
+    if newest is not None and newest.tzinfo is None:
+        if name not in _WARNED:
+            _WARNED.add(name)
+            log.warning("watch_table_not_timestamptz", extra={"watch_table": name})
+        return window.UNKNOWN
     return newest

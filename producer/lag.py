@@ -40,6 +40,6 @@ def largest_lag(conn: psycopg.Connection[Any], clock: datetime) -> float:
         except psycopg.Error as e:
             log.debug("lag_unreadable", extra={"watch_table": wt.name, "error": error_text(e)})
             continue
-        if row and row[0] is not None:
+        if row and row[0] is not None and row[0].tzinfo is not None:  # naive: see claim._aware
             lag = max(lag, (clock - row[0]).total_seconds())
     return lag

@@ -11,14 +11,16 @@ import logging
 import time
 from datetime import timedelta
 
+import kombu
 from psycopg_pool import ConnectionPool
 
-from apievents.common import db, metrics, queries
-from apievents.common.broker import Broker, StreamPublisher, Unconfirmed
+from apievents.common import db, metrics, queries, watermark
+from apievents.common.broker import Broker, StreamPublisher, Unconfirmed, drain
 from apievents.common.lifecycle import ConfigurationError, Lifecycle, Wired, readiness
 from apievents.common.messages import Job
 from apievents.common.settings import Settings
-from apievents.producer.claim import can_see_all_transactions, claim_due, release
+from apievents.common.watermark import Horizon
+from apievents.producer.claim import claim_due, release
 from apievents.producer.lag import largest_lag
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ PRUNE_INTERVAL = 60.0  # seconds between attempt-log prunes
 
 
 class UnsafeRoleError(ConfigurationError):
-    """The database role cannot see every open transaction, so no safe watermark exists."""
+    """Open transactions are invisible to this role or database, so no safe watermark exists."""
 
 
 class Producer:
@@ -65,11 +67,9 @@ class Producer:
 
     def _session(self) -> None:
         with self.pool.connection() as db_conn:
-            if not can_see_all_transactions(db_conn):
-                raise UnsafeRoleError(
-                    "the database role must be superuser or have pg_read_all_stats, or open "
-                    "transactions of other roles are invisible and changes could be skipped"
-                )
+            blind = watermark.can_see_every_transaction(db_conn)
+        if blind:
+            raise UnsafeRoleError(blind)
         with self.broker.connection() as conn:
             self.lifecycle.connected.set()
             publisher = self.broker.stream_publisher(conn)
@@ -77,7 +77,8 @@ class Producer:
                 with self.pool.connection() as db_conn:
                     claimed = claim_due(db_conn, self.claim_batch, self.lease_seconds, self.margin)
                     if time.monotonic() >= self._next_lag:
-                        metrics.SUBSCRIPTION_LAG.set(max(0.0, largest_lag(db_conn, claimed.clock)))
+                        clock = claimed.horizon.clock
+                        metrics.SUBSCRIPTION_LAG.set(max(0.0, largest_lag(db_conn, clock)))
                         self._next_lag = time.monotonic() + LAG_INTERVAL
                     if time.monotonic() >= self._next_prune:
                         db_conn.execute(
@@ -85,16 +86,24 @@ class Producer:
                         )
                         self._next_prune = time.monotonic() + PRUNE_INTERVAL
                 metrics.SUBSCRIPTIONS_DUE.set(claimed.due)
-                self._watch_hold(claimed.hold_seconds)
+                self._watch_hold(claimed.horizon)
                 self._publish(publisher, claimed.jobs)
-                conn.heartbeat_check()
                 if claimed.due < self.claim_batch:  # a full batch means more are due now
-                    self.lifecycle.stop.wait(self.tick_seconds)
+                    self._idle(conn)
 
-    def _watch_hold(self, hold: float) -> None:
+    def _idle(self, conn: kombu.Connection) -> None:
+        """Wait for the next tick reading the connection, so heartbeats keep flowing."""
+        deadline = time.monotonic() + self.tick_seconds
+        step = min(1.0, self.broker.heartbeat / 4)  # several reads per heartbeat interval
+        while not self.lifecycle.stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            drain(conn, min(left, step))
+
+    def _watch_hold(self, horizon: Horizon) -> None:
+        hold = horizon.hold_seconds
         metrics.WATERMARK_HOLD.set(hold)
         if hold > self.warn_seconds and time.monotonic() >= self._next_warning:
-            log.warning("watermark_held", extra={"hold_seconds": round(hold, 3)})
+            extra = {"hold_seconds": round(hold, 3), "hidden_transactions": horizon.hidden}
+            log.warning("watermark_held", extra=extra)
             self._next_warning = time.monotonic() + 60
 
     def _publish(self, publisher: StreamPublisher, jobs: list[Job]) -> None:
@@ -104,16 +113,19 @@ class Producer:
         try:
             publisher.publish_all([j.to_bytes() for j in jobs], "jobs")
         except Unconfirmed as e:
-            self._release([jobs[i] for i in e.indexes])
+            # Only a nacked job was surely never routed; one whose confirm did not come (or
+            # whose connection failed, raised below) keeps its claim until the lease runs out.
+            self._release([jobs[i] for i in e.refused])
             metrics.JOBS_PUBLISHED.inc(len(jobs) - len(e.indexes))
-            log.warning("jobs_unconfirmed", extra={"jobs": len(e.indexes)})
+            log.warning(
+                "jobs_unconfirmed", extra={"jobs": len(e.indexes), "refused": len(e.refused)}
+            )
             return
-        except BaseException:
-            self._release(jobs)  # the connection failed mid-batch: re-issue them all now
-            raise
         metrics.JOBS_PUBLISHED.inc(len(jobs))
 
     def _release(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
         try:
             with self.pool.connection() as conn:
                 release(conn, jobs)
@@ -125,7 +137,7 @@ def build(settings: Settings, lifecycle: Lifecycle) -> Wired:
     """Wire a Producer from settings; returns it and a closer for its resources."""
     pool = db.pool(settings.database_url, 2, "producer")
     producer = Producer(
-        Broker(settings.broker_url, settings.queue_prefix),
+        Broker(settings.broker_url, settings.queue_prefix, settings.broker_heartbeat),
         pool,
         lifecycle,
         tick_seconds=settings.tick_seconds,

@@ -1,27 +1,14 @@
 """Window maths: where a subscription's next window ends, or whether it has one at all.
 
-Pure functions of times read from the database server; no host clock is involved.
+Pure functions of times read from the database server; no host clock is involved. The safe
+end itself (the clock bounded by writes still in flight) is common/watermark.py.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 UNKNOWN = object()  # the newest change could not be read: issue the window, let it report
-_TICK = timedelta(microseconds=1)  # timestamptz resolution
-
-
-def safe_end(clock: datetime, oldest_open: datetime | None, margin: timedelta) -> datetime:
-    """The latest window end that no open or future transaction can still write at or below.
-
-    ``oldest_open`` is the start of the oldest transaction still open: it may yet commit rows
-    stamped with its start time, so the end stays strictly below it. ``margin`` covers the
-    moment between a transaction taking its timestamp and showing up in pg_stat_activity.
-    """
-    end = clock - margin
-    if oldest_open is not None:
-        end = min(end, oldest_open - _TICK)
-    return end
 
 
 def plan(

@@ -182,7 +182,7 @@ def build(settings: Settings, lifecycle: Lifecycle) -> Wired:
         checkpoint_batches=settings.checkpoint_batches,
     )
     worker = Worker(
-        Broker(settings.broker_url, settings.queue_prefix),
+        Broker(settings.broker_url, settings.queue_prefix, settings.broker_heartbeat),
         runner,
         lifecycle,
         concurrency=settings.worker_concurrency,

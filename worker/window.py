@@ -34,7 +34,7 @@ class Disposition(enum.Enum):
 
 
 class _LostClaim(Exception):
-    pass
+    """The lease could not be extended: the claim was revoked, taken over, or is gone."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,7 @@ class WindowRunner:
             with self.pool.connection() as conn:
                 target, first = self._take_over(conn, job, holder)
                 if target is None:
+                    self._not_taken(conn, job)
                     return Disposition.STALE
                 pages = _Pages(conn, job, holder, target, self.lease, self.batch_size, first)
                 try:
@@ -121,8 +122,10 @@ class WindowRunner:
                 finally:
                     pages.close()
         except _LostClaim:
+            # Report it: if an edit revoked the claim, the committer drops it now rather than
+            # when the lease runs out. Any other loss makes this outcome stale.
             log.info("claim_lost", extra=_fields(job))
-            return Disposition.STALE
+            return self._outcome(job, holder, 0, 0, Answer(False, None, "stopped", "claim lost"))
         except TRANSIENT_ERRORS as e:
             log.warning("window_requeued", extra=_fields(job, error=error_text(e)))
             abort.wait(1.0)  # no hot loop while the database is away
@@ -168,6 +171,14 @@ class WindowRunner:
         )
         return target, page.fetchall() if same else None
 
+    @staticmethod
+    def _not_taken(conn: psycopg.Connection[Any], job: Job) -> None:
+        """Say why a job was dropped: another worker still holds its claim, or it moved on."""
+        row = conn.execute(
+            queries.CLAIM_BUSY, {"num": job.subscription, "job": job.job_id}
+        ).fetchone()
+        log.info("claim_busy" if row and row[0] else "job_stale", extra=_fields(job))
+
     def _watch_table(self, conn: psycopg.Connection[Any], name: str | None) -> WatchTable | None:
         """Registry entries, cached briefly: one is never changed while subscriptions use it."""
         if name is None:
@@ -192,6 +203,7 @@ class WindowRunner:
     ) -> Outcome | Disposition:
         wt = target.watch_table
         sent = batches = 0
+        position: tuple[Any, Any] | None = None  # of the last row answered 200
         seq = target.seq
         after = (target.start, target.cursor_key) if target.cursor_key is not None else None
         pages.prefetch(after)
@@ -222,20 +234,28 @@ class WindowRunner:
                         error_class=answer.error_class,
                     ),
                 )
-                return self._outcome(job, holder, sent, batches, answer)
+                return self._outcome(job, holder, sent, batches, answer, position)
             sent += len(page)
             batches += 1
+            position = rows.position(page[-1])
             metrics.ROWS_DELIVERED.inc(len(page))
             if not more:
                 break
             if batches % self.checkpoint_batches == 0:
                 seq += 1
-                ts, key = rows.position(page[-1])
+                ts, key = position
                 report(Checkpoint(job.job_id, holder, job.subscription, seq, ts, str(key), sent))
         return self._outcome(job, holder, sent, batches, Answer(True, 200))
 
     @staticmethod
-    def _outcome(job: Job, holder: str, sent: int, batches: int, answer: Answer) -> Outcome:
+    def _outcome(
+        job: Job,
+        holder: str,
+        sent: int,
+        batches: int,
+        answer: Answer,
+        position: tuple[Any, Any] | None = None,
+    ) -> Outcome:
         return Outcome(
             job_id=job.job_id,
             holder=holder,
@@ -250,6 +270,8 @@ class WindowRunner:
             error_class=answer.error_class,
             error=answer.error,
             retry_after=answer.retry_after,
+            position_ts=position[0] if position and not answer.ok else None,
+            position_key=str(position[1]) if position and not answer.ok else None,
         )
 
 

@@ -244,6 +244,11 @@ def test_watch_tables_add_then_subscribe(env: dict[str, str], database_url: str)
             "CREATE TABLE procedurelog (procnum bigint PRIMARY KEY, procfee numeric, "
             "datetstamp timestamptz NOT NULL DEFAULT now())"
         )
+        conn.execute(
+            "CREATE TRIGGER procedurelog_stamp BEFORE INSERT OR UPDATE ON procedurelog "
+            "FOR EACH ROW EXECUTE FUNCTION apievents.stamp_now('datetstamp')"
+        )
+        conn.execute("CREATE TABLE unstamped (id bigint PRIMARY KEY, at timestamptz)")
     wt = cli_json(
         env,
         "watch-tables",
@@ -276,6 +281,23 @@ def test_watch_tables_add_then_subscribe(env: dict[str, str], database_url: str)
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     used = cli(env, "watch-tables", "remove", "Procedure")
     assert used.returncode == 2 and "used by 1" in used.stderr
+
+    plain = [
+        "--name",
+        "U",
+        "--table",
+        "unstamped",
+        "--key-column",
+        "id",
+        "--timestamp-column",
+        "at",
+    ]
+    done = cli(env, "watch-tables", "add", *plain)
+    assert done.returncode == 2 and "--stamped-by-application" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1
+    assert cli_json(env, "watch-tables", "add", *plain, "--stamped-by-application")["Table"] == (
+        "public.unstamped"
+    )
 
 
 def test_help_explains_every_command(env: dict[str, str]) -> None:

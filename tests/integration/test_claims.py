@@ -114,10 +114,27 @@ def test_failure_backs_off_and_keeps_the_watermark(conn: psycopg.Connection[Any]
 
 
 def test_idle_subscriptions_produce_no_job(conn: psycopg.Connection[Any]) -> None:
-    subscribe(conn, "http://127.0.0.1:9/")
-    due, jobs = claim_due(conn, 100, 60)
-    assert (due, jobs) == (1, [])
+    num = subscribe(conn, "http://127.0.0.1:9/")
+    before = date_time_start(conn, num)
+    claimed = _claim_due(conn, 100, 60, timedelta(0))
+    assert (claimed.due, claimed.jobs) == (1, [])
     assert claim_due(conn, 100, 60) == (0, [])  # rescheduled PollingSeconds ahead
+    # Nothing was owed up to the window end, so DateTimeStart moved there (as Open Dental's
+    # does on every poll), which tells a live subscription from a stuck one.
+    assert before < date_time_start(conn, num) == claimed.horizon.end
+
+
+def test_an_idle_subscription_start_advances_on_each_poll(
+    conn: psycopg.Connection[Any], pipeline: Pipeline
+) -> None:
+    num = subscribe(conn, "http://127.0.0.1:9/")  # nothing ever changes: never a POST
+    pipeline.start_all()
+    seen = [date_time_start(conn, num)]
+    for _ in range(3):
+        wait_for(lambda: date_time_start(conn, num) > seen[-1], 10, "the next poll")
+        seen.append(date_time_start(conn, num))
+    assert state(conn, num)["LastAttempt"] is None  # no window was issued
+    assert claim_due(conn, 100, 60)[1] == []
 
 
 def test_expired_subscription_sends_nothing(
@@ -131,9 +148,13 @@ def test_expired_subscription_sends_nothing(
     )
     live = subscribe(conn, receiver.url("/live"))
     insert_appointments(conn, 5)
-    assert state(conn, past)["Status"] == "expired"
+    # Its stop has passed, but it shows expired only once its watermark reached the stop: it
+    # might still owe rows stamped before it.
+    assert state(conn, past)["Status"] == "active"
     pipeline.start_all()
     wait_for(lambda: len(receiver.delivered("/live")) == 5, 30, "the live subscription")
+    wait_for(lambda: state(conn, past)["Status"] == "expired", 30, "expired")
+    assert state(conn, past)["DateTimeStart"] == "2020-06-01T00:00:00+00:00"
     assert receiver.batches("/old") == []
     assert state(conn, live)["Status"] == "active"
 
@@ -174,7 +195,7 @@ def test_unserializable_row_backs_off_without_crashing(
         "CREATE TABLE scan (id bigint PRIMARY KEY, image bytea, "
         "stamp timestamptz NOT NULL DEFAULT now())"
     )
-    registry.add(conn, "Scan", "scan", "id", "stamp")
+    registry.add(conn, "Scan", "scan", "id", "stamp", stamped_by_application=True)
     bad = subscribe(conn, receiver.url("/scan"), watch_table="Scan")
     good = subscribe(conn, receiver.url())
     conn.execute("INSERT INTO scan VALUES (1, '\\x00ff')")
@@ -190,7 +211,7 @@ def test_dropped_table_backs_off_without_crashing(
     conn: psycopg.Connection[Any], pipeline: Pipeline, receiver: Receiver
 ) -> None:
     conn.execute("CREATE TABLE gone (id bigint PRIMARY KEY, stamp timestamptz DEFAULT now())")
-    registry.add(conn, "Gone", "gone", "id", "stamp")
+    registry.add(conn, "Gone", "gone", "id", "stamp", stamped_by_application=True)
     num = subscribe(conn, receiver.url("/gone"), watch_table="Gone")
     conn.execute("INSERT INTO gone VALUES (1)")
     conn.execute("DROP TABLE gone")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from typing import Any
 
@@ -75,27 +76,57 @@ def test_pipeline_delivers_a_late_commit(
     assert [r["AptNum"] for r in receiver.delivered()] == [late, *after]
 
 
-def test_checkpoints_bound_rework_and_keep_ties(
+def test_checkpoints_commit_progress_while_a_window_runs_and_keep_ties(
     database_url: str, prefix: str, conn: psycopg.Connection[Any], receiver: Receiver
 ) -> None:
-    # 100 rows sharing one DateTStamp, 10 per batch, a checkpoint every 3 batches; the 8th
-    # POST fails once. Progress was committed after batch 6, so only batches 7 and 8 go again.
+    # 100 rows sharing one DateTStamp, 10 per batch, a checkpoint every 3 batches. The 8th POST
+    # hangs: while it does, batches 1-6 are already committed (a worker that died now would
+    # resend from batch 7), with the key as the cursor inside the shared timestamp.
+    release = threading.Event()
+    receiver.behaviours["/c"] = lambda n: release.wait(30) and 200 if n == 7 else 200
+    num = subscribe(conn, receiver.url("/c"))
+    keys = insert_appointments(conn, 100)
+    settings = fast_settings(
+        database_url, prefix, batch_size=10, checkpoint_batches=3, http_timeout=20, lease_seconds=30
+    )
+    p = Pipeline(settings).start_all()
+    try:
+        wait_for(lambda: receiver.active("/c") == 1 and len(receiver.batches("/c")) == 7, 30)
+        wait_for(lambda: cursor(conn, num) == str(keys[59]), 30, "the checkpoint after batch 6")
+        release.set()
+        wait_for(lambda: caught_up(conn, num, keys), 30, "the rest")
+    finally:
+        release.set()
+        p.stop_all()
+    assert [r["AptNum"] for r in receiver.delivered("/c")] == keys
+
+
+def test_a_failure_after_progress_resends_from_the_first_unanswered_batch(
+    database_url: str, prefix: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    # The same rows; the 8th POST fails once. The failed window keeps batches 1-7 (its last
+    # row answered 200 is the cursor), so only batch 8 onwards goes again.
     receiver.behaviours["/c"] = lambda n: 500 if n == 7 else 200
     num = subscribe(conn, receiver.url("/c"))
     keys = insert_appointments(conn, 100)
     p = Pipeline(fast_settings(database_url, prefix, batch_size=10, checkpoint_batches=3))
     p.start_all()
     try:
-        wait_for(lambda: state(conn, num)["ConsecutiveFailures"] == 1, 30, "the failure")
-        cursor = conn.execute(
-            "SELECT cursor_key FROM apievents.subscription WHERE subscription_num = %s", (num,)
-        ).fetchone()
-        assert cursor == (str(keys[59]),)
-        wait_for(lambda: len(receiver.delivered("/c")) >= 110, 30, "the rest")
-        wait_for(lambda: state(conn, num)["ConsecutiveFailures"] == 0, 30, "success")
+        wait_for(lambda: state(conn, num)["LastHttpStatus"] == 500, 30, "the failure")
+        assert cursor(conn, num) in (str(keys[69]), None)  # None: the retry already finished
+        wait_for(lambda: caught_up(conn, num, keys), 30, "the rest")
     finally:
         p.stop_all()
-    assert [r["AptNum"] for r in receiver.delivered("/c")] == keys[:70] + keys[60:]
+    assert [r["AptNum"] for r in receiver.delivered("/c")] == keys
+    assert state(conn, num)["ConsecutiveFailures"] == 0
+
+
+def cursor(conn: psycopg.Connection[Any], num: int) -> str | None:
+    row = conn.execute(
+        "SELECT cursor_key FROM apievents.subscription WHERE subscription_num = %s", (num,)
+    ).fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
 
 
 def test_a_window_longer_than_its_lease_extends_it_and_never_runs_twice(

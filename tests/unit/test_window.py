@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from apievents.producer.window import UNKNOWN, plan, safe_end
+from apievents.common.watermark import NEVER, safe_end
+from apievents.producer.window import UNKNOWN, plan
 
 T = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
@@ -15,6 +16,22 @@ def test_safe_end_is_the_clock_less_the_margin_with_no_open_transaction() -> Non
 
 def test_safe_end_stays_strictly_below_the_oldest_open_transaction() -> None:
     assert safe_end(T, T - 10 * S, 0.2 * S) == T - 10 * S - US
+
+
+def test_an_active_statement_bounds_the_end_like_an_open_transaction() -> None:
+    # The SQL passes min(xact_start, query_start of active statements) as the oldest write.
+    assert safe_end(T, T - 3 * S, 0.2 * S) == T - 3 * S - US
+
+
+def test_a_hidden_transaction_freezes_the_end_at_the_frontier() -> None:
+    frontier = T - 7 * S
+    assert safe_end(T, None, 0.2 * S, frontier, hidden=1) == frontier
+    assert safe_end(T, T - 9 * S, 0.2 * S, frontier, hidden=2) == T - 9 * S - US
+    assert safe_end(T, None, 0.2 * S, frontier, hidden=0) == T - 0.2 * S  # nothing hidden
+
+
+def test_a_hidden_transaction_without_a_frontier_issues_nothing() -> None:
+    assert safe_end(T, None, 0.2 * S, None, hidden=1) == NEVER
 
 
 def test_no_window_when_nothing_changed_since_the_position() -> None:

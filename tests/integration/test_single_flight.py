@@ -1,0 +1,167 @@
+"""One POST per subscription in flight, whatever the receiver, the broker or an operator does."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from apievents.common import subscriptions
+from apievents.common.broker import Broker, StreamPublisher
+from apievents.common.messages import new_id
+from apievents.common.ssrf import EndpointPolicy
+from apievents.producer.claim import claim_due
+from tests.integration.conftest import caught_up, insert_appointments, state, subscribe
+from tests.support import stays, wait_for
+from tests.support.receiver import Receiver, Trickle, sleep_then
+from tests.support.services import BROKER_URL, Pipeline, fast_settings
+
+
+def claim(conn: psycopg.Connection[Any], num: int) -> tuple[Any, Any]:
+    row = conn.execute(
+        "SELECT claim_job, claim_holder FROM apievents.subscription WHERE subscription_num = %s",
+        (num,),
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def queued(prefix: str) -> int:
+    with Broker(BROKER_URL, prefix).connection() as c:
+        return int(c.default_channel.queue_declare(f"{prefix}.jobs", passive=True).message_count)
+
+
+def test_a_receiver_trickling_its_answer_is_cut_at_the_deadline(
+    database_url: str, prefix: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    # Each byte arrives well within the answer timeout, but the whole answer takes ~20 s:
+    # longer than the lease. The POST must end at its deadline, before the lease does.
+    receiver.behaviours["/t"] = lambda n: Trickle(0.3) if n == 0 else 200
+    num = subscribe(conn, receiver.url("/t"))
+    keys = insert_appointments(conn, 3)
+    settings = fast_settings(
+        database_url, prefix, http_timeout=1, http_connect_timeout=0.5, lease_seconds=2.5
+    )
+    p = Pipeline(settings).start_all(workers=2)
+    try:
+        wait_for(lambda: caught_up(conn, num, keys), 30, "delivery after the cut POST")
+    finally:
+        p.stop_all()
+    assert receiver.overlapping("/t") == []
+    first = subscriptions.attempts(conn, num)[-1]
+    assert first["ErrorClass"] == "timeout"
+    assert first["LatencyMs"] < 2500
+
+
+def test_a_redelivered_job_never_takes_over_a_live_claim(
+    conn: psycopg.Connection[Any],
+    pipeline: Pipeline,
+    receiver: Receiver,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    num = subscribe(conn, receiver.url())
+    keys = insert_appointments(conn, 2)
+    (job,) = claim_due(conn, 10, 3.0, timedelta(0)).jobs
+    holder = new_id()  # a worker that holds the claim and is, as far as we know, sending
+    conn.execute(
+        "UPDATE apievents.subscription SET claim_holder = %s WHERE subscription_num = %s",
+        (holder, num),
+    )
+    caplog.set_level(logging.INFO)
+    pipeline.start("worker")
+    pipeline.start("committer")
+    with Broker(BROKER_URL, prefix).connection() as c:  # the broker hands the job on again
+        Broker(BROKER_URL, prefix).stream_publisher(c).publish_all([job.to_bytes()], "jobs")
+    wait_for(
+        lambda: any(r.getMessage() == "claim_busy" for r in caplog.records),
+        30,
+        "the worker to see the live claim",
+    )
+    assert receiver.batches() == []
+    assert tuple(map(str, claim(conn, num))) == (job.job_id, holder)  # the holder keeps it
+    pipeline.start("producer")  # its lease runs out; then the window is issued again
+    wait_for(lambda: caught_up(conn, num, keys), 30, "delivery after the lease")
+    assert [r["AptNum"] for r in receiver.delivered()] == keys
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"note": "an edit that changes nothing about delivery"},
+        {"polling_seconds": 2},
+        {"endpoint_url": "/e2"},
+        {"date_time_start": "rewind"},
+    ],
+    ids=["note", "polling", "endpoint", "rewind"],
+)
+def test_an_edit_mid_post_never_starts_a_second_post(
+    edit: dict[str, Any],
+    database_url: str,
+    prefix: str,
+    conn: psycopg.Connection[Any],
+    receiver: Receiver,
+) -> None:
+    receiver.behaviours["/e"] = lambda n: sleep_then(1.5)(n) if n == 0 else 200
+    num = subscribe(conn, receiver.url("/e"))
+    start = state(conn, num)["DateTimeStart"]
+    keys = insert_appointments(conn, 3)
+    p = Pipeline(fast_settings(database_url, prefix, lease_seconds=10)).start_all(workers=2)
+    try:
+        wait_for(lambda: receiver.active("/e") == 1, 30, "the first POST in flight")
+        if edit.get("date_time_start") == "rewind":
+            subscriptions.rewind(conn, num, start)
+        else:
+            values = {k: receiver.url(v) if k == "endpoint_url" else v for k, v in edit.items()}
+            subscriptions.update(conn, num, values, EndpointPolicy())
+        wait_for(lambda: caught_up(conn, num, keys), 30, "the window after the edit")
+    finally:
+        p.stop_all()
+    assert receiver.overlapping("/e", "/e2") == []
+    got = {r["AptNum"] for r in receiver.delivered("/e") + receiver.delivered("/e2")}
+    assert got == set(keys)
+
+
+def test_a_publish_whose_confirm_times_out_keeps_its_claim(
+    conn: psycopg.Connection[Any],
+    pipeline: Pipeline,
+    receiver: Receiver,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The broker may have routed a job whose confirm did not come in time: its claim must stay,
+    # or the window would be issued twice and sent by two workers at once.
+    hurried = StreamPublisher.publish_all
+
+    def no_wait(self: StreamPublisher, bodies: list[bytes], key: str, timeout: float = 0) -> None:
+        hurried(self, bodies, key, timeout=0)
+
+    monkeypatch.setattr(StreamPublisher, "publish_all", no_wait)
+    num = subscribe(conn, receiver.url())
+    keys = insert_appointments(conn, 2)
+    pipeline.start("producer")
+    wait_for(lambda: claim(conn, num)[0] is not None, 30, "a claim")
+    job = claim(conn, num)[0]
+    stays(lambda: claim(conn, num)[0] == job, 1.5, "the claim of the published job")
+    assert queued(prefix) == 1
+    monkeypatch.undo()
+    pipeline.start("worker")
+    pipeline.start("committer")
+    wait_for(lambda: caught_up(conn, num, keys), 30, "delivery of the one job")
+    assert len(receiver.batches()) == 1
+
+
+def test_the_producer_keeps_heartbeats_flowing_while_idle(
+    database_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    p = Pipeline(fast_settings(database_url, prefix, broker_heartbeat=1, tick_seconds=0.5))
+    p.start("producer")
+    try:
+        # Several heartbeat periods with nothing to publish: the connection must stay up.
+        stays(lambda: not [r for r in caplog.records if r.getMessage() == "reconnecting"], 6)
+    finally:
+        p.stop_all()

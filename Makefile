@@ -38,6 +38,8 @@ test: $(STAMP) lint services
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-# Throughput and latency of every scenario against the seed loop and the raw limit (minutes).
+# Throughput and latency of every scenario against the seed loop, the raw limit and a Celery
+# peer (minutes).
 bench: $(STAMP) services
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run

@@ -1,4 +1,5 @@
-"""The two simpler forms each scenario is compared with, run as their own process:
+"""Two of the simpler forms each scenario is compared with, run as their own process (the
+third, a Celery peer, is bench/celery_peer.py and reuses these pieces):
 
 seed  the seed's algorithm as one sequential loop: for each due subscription, read the server
       clock, send its window in batches of 1000, then move DateTimeStart; subscriptions one
@@ -53,6 +54,7 @@ PAGE = (
 def send_window(
     conn: psycopg.Connection[Any], client: httpx.Client, url: str, start: Any, end: Any
 ) -> bool:
+    """POST the rows in (start, end] in keyset pages of 1000; False at the first non-200."""
     after: tuple[Any, Any] = (start, 2**62)  # past every key at `start`: ts > start
     while True:
         rows = conn.execute(PAGE, (*after, end)).fetchall()
@@ -69,6 +71,25 @@ def send_window(
         after = (rows[-1][-1], rows[-1][0])
 
 
+def server_clock(conn: psycopg.Connection[Any]) -> Any:
+    """The database server's clock: the end of the window about to be sent."""
+    (end,) = conn.execute("SELECT now()").fetchone()  # type: ignore[misc]
+    return end
+
+
+def move_window(conn: psycopg.Connection[Any], num: int, ok: bool, end: Any) -> None:
+    """Move DateTimeStart to ``end`` if the window went out, and poll again one period on."""
+    # statement_timestamp(), not now(): inside a transaction (the Celery peer's) now() would
+    # be the transaction's start, before the window was sent.
+    conn.execute(
+        "UPDATE apievents.subscription SET date_time_start = "
+        "CASE WHEN %s THEN %s ELSE date_time_start END, "
+        "next_attempt_at = statement_timestamp() + polling_seconds * interval '1 second' "
+        "WHERE subscription_num = %s",
+        (ok, end, num),
+    )
+
+
 def seed(url: str, seconds: float) -> None:
     """One loop over the due subscriptions, each window sent in full before the next."""
     with psycopg.connect(url, autocommit=True) as conn, httpx.Client() as client:
@@ -80,15 +101,8 @@ def seed(url: str, seconds: float) -> None:
                 "ORDER BY next_attempt_at"
             ).fetchall()
             for num, endpoint, start, _polling in due:
-                (end,) = conn.execute("SELECT now()").fetchone()  # type: ignore[misc]
-                ok = send_window(conn, client, endpoint, start, end)
-                conn.execute(
-                    "UPDATE apievents.subscription SET date_time_start = "
-                    "CASE WHEN %s THEN %s ELSE date_time_start END, "
-                    "next_attempt_at = now() + polling_seconds * interval '1 second' "
-                    "WHERE subscription_num = %s",
-                    (ok, end, num),
-                )
+                end = server_clock(conn)
+                move_window(conn, num, send_window(conn, client, endpoint, start, end), end)
             time.sleep(0.05 if not due else 0)
 
 
@@ -103,7 +117,7 @@ def raw(url: str, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             for endpoint, _, _ in subs:
-                (end,) = conn.execute("SELECT now()").fetchone()  # type: ignore[misc]
+                end = server_clock(conn)
                 send_window(conn, client, endpoint, position[endpoint], end)
                 position[endpoint] = end
 

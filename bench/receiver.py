@@ -1,7 +1,8 @@
 """A fast webhook receiver for benchmarks (its own process): counts rows and their latency.
 
 Latency is arrival time minus the row's DateTStamp; both come from this machine's clock.
-POST /slow/... waits 100 ms before answering. GET /stats summarises; POST /reset clears.
+POST /slow/... waits 100 ms before answering. GET /stats summarises, in total and per path
+group (``/live/7`` is in ``live``); POST /reset clears.
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ from typing import Any
 import orjson
 import uvicorn
 
-STATE: dict[str, Any] = {"rows": 0, "posts": 0, "latency": [], "first": None, "last": None}
+
+def fresh() -> dict[str, Any]:
+    """Empty counters: the totals, and the same per path group."""
+    return {"rows": 0, "posts": 0, "latency": [], "first": None, "last": None, "groups": {}}
+
+
+STATE = fresh()
 
 
 def reset() -> None:
-    STATE.update(rows=0, posts=0, latency=[], first=None, last=None)
+    STATE.clear()
+    STATE.update(fresh())
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -27,6 +35,40 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary(counts: dict[str, Any]) -> dict[str, Any]:
+    """Rows, POSTs and latency percentiles of one set of counters."""
+    lat = counts["latency"]
+    return {
+        "rows": counts["rows"],
+        "posts": counts["posts"],
+        "p50": percentile(lat, 0.50),
+        "p99": percentile(lat, 0.99),
+    }
+
+
+def stats() -> bytes:
+    groups = {name: summary(counts) for name, counts in STATE["groups"].items()}
+    return orjson.dumps(
+        summary(STATE) | {"first": STATE["first"], "last": STATE["last"], "groups": groups}
+    )
+
+
+def record(path: str, body: bytes) -> None:
+    """Count one POST's rows, in the totals and in its path group."""
+    now = time.time()
+    rows = orjson.loads(body)
+    latencies = []
+    if path.startswith(("/live", "/slow")):  # backfills have no meaningful latency
+        latencies = [now - datetime.fromisoformat(r["DateTStamp"]).timestamp() for r in rows]
+    group = STATE["groups"].setdefault(path.split("/")[1], {"rows": 0, "posts": 0, "latency": []})
+    for counts in (STATE, group):
+        counts["rows"] += len(rows)
+        counts["posts"] += 1
+        counts["latency"].extend(latencies)
+    STATE["first"] = STATE["first"] or now
+    STATE["last"] = now
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -43,30 +85,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if method == "POST" and path == "/reset":
         reset()
     elif method == "GET" and path == "/stats":
-        lat = STATE["latency"]
-        out = orjson.dumps(
-            {
-                "rows": STATE["rows"],
-                "posts": STATE["posts"],
-                "p50": percentile(lat, 0.50),
-                "p99": percentile(lat, 0.99),
-                "first": STATE["first"],
-                "last": STATE["last"],
-            }
-        )
+        out = stats()
     elif method == "POST":
         if path.startswith("/slow"):
             await asyncio.sleep(0.1)
-        now = time.time()
-        rows = orjson.loads(body)
-        STATE["rows"] += len(rows)
-        STATE["posts"] += 1
-        STATE["first"] = STATE["first"] or now
-        STATE["last"] = now
-        if path.startswith(("/live", "/slow")):  # backfills have no meaningful latency
-            STATE["latency"].extend(
-                now - datetime.fromisoformat(r["DateTStamp"]).timestamp() for r in rows
-            )
+        record(path, body)
     await send(
         {
             "type": "http.response.start",

@@ -4,8 +4,9 @@
     python -m bench.run 2 3         # some of them
 
 Each scenario runs the pipeline ("ours", real processes) and, in the same invocation, the
-seed's sequential loop and the raw limit (bench/baselines.py). The headline is the ratio to
-those, because absolute numbers drift on a shared machine.
+seed's sequential loop and the raw limit (bench/baselines.py) and, for most, the seed's
+algorithm as Celery tasks (bench/celery_peer.py). The headline is the ratio to those, printed
+last, because absolute numbers drift on a shared machine.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import httpx
 import psycopg
 
 from apievents.common.migrate import migrate
+from bench import celery_peer
 from tests.support.services import ADMIN_URL, BROKER_URL, admin, db_url, delete_topology
 
 PY = sys.executable
@@ -34,6 +36,13 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BACKFILL_ROWS = int(os.environ.get("BENCH_BACKFILL_ROWS", "1000000"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))
 CONCURRENCY = os.environ.get("BENCH_WORKER_CONCURRENCY", "32")
+OURS = "ours, 1 worker"
+# The live scenarios: subscriptions per receiver path, all polling every second.
+LIVE = (
+    ("2 1000 subs @1s", {"/live": 1000}),
+    ("3 100 slow subs", {"/slow": 100}),
+    ("6 300 fast + 100 slow", {"/live": 300, "/slow": 100}),
+)
 
 
 class Proc:
@@ -78,6 +87,10 @@ class Row:
     cpu_per_1000: float | None = None
     rss: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    per_second: float | None = None  # the throughput as a number, for the ratios
+    complete: bool = True  # every row the scenario inserted reached the receiver
+    cpu_per_1000_windows: float | None = None  # a window is one POST: one keyset page
+    rows_per_window: float | None = None
 
     def markdown(self) -> str:
         def s(v: float | None, unit: str = "s") -> str:
@@ -127,15 +140,17 @@ class Bench:
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"{self.receiver}/stats", timeout=30).json()  # type: ignore[no-any-return]
 
-    def subscriptions(self, n: int, path: str, start: str = "now()") -> None:
+    def subscriptions(self, groups: dict[str, int], start: str = "now()") -> None:
+        """Replace every subscription with ``groups[path]`` ones on each receiver path."""
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute("DELETE FROM apievents.subscription")
-            conn.execute(
-                "INSERT INTO apievents.subscription (endpoint_url, watch_table, polling_seconds,"
-                f" date_time_start, secret) SELECT %s || g, 'Appointment', 1, {start}, %s "
-                "FROM generate_series(1, %s) g",
-                (f"{self.receiver}{path}/", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", n),
-            )
+            for path, n in groups.items():
+                conn.execute(
+                    "INSERT INTO apievents.subscription (endpoint_url, watch_table,"
+                    f" polling_seconds, date_time_start, secret) SELECT %s || g, 'Appointment', 1,"
+                    f" {start}, %s FROM generate_series(1, %s) g",
+                    (f"{self.receiver}{path}/", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", n),
+                )
         httpx.post(f"{self.receiver}/reset")
 
     @contextmanager
@@ -162,6 +177,29 @@ class Bench:
         finally:
             proc.stop()
 
+    @contextmanager
+    def celery(self, seconds: float) -> Iterator[list[Proc]]:
+        """The Celery peer: its scheduler and one thread-pool worker, then its queue deleted.
+
+        Yields once the worker consumes: Celery's boot (several seconds here) is not what the
+        live scenarios measure, and their fixed 3 s warm-up is too short for it."""
+        env = self.env()
+        procs = [
+            Proc("scheduler", [PY, "-m", "bench.celery_peer", str(seconds)], env),
+            Proc(
+                "celery",
+                [PY, "-m", "celery", "-A", "bench.celery_peer", *celery_peer.WORKER_ARGS],
+                env,
+            ),
+        ]
+        try:
+            _wait(lambda: celery_peer.consuming(BROKER_URL, self.prefix), 60)
+            yield procs
+        finally:
+            for p in procs:
+                p.stop()
+            celery_peer.delete_queue(BROKER_URL, self.prefix)
+
     def measure(self, procs: list[Proc], rows: int) -> tuple[float, dict[str, float]]:
         self.split = {p.name: p.cpu() for p in procs}
         cpu = sum(self.split.values())
@@ -174,7 +212,7 @@ class Bench:
     # -- scenarios ----------------------------------------------------------------------------
 
     def backfill(self, form: str, run: Any, label: str = "1 backfill") -> None:
-        self.subscriptions(1, "/backfill", "'2000-01-01'")
+        self.subscriptions({"/backfill": 1}, "'2000-01-01'")
         started = time.time()
         with run as procs:
             _wait(lambda: self.stats()["rows"] >= BACKFILL_ROWS, 900)
@@ -182,39 +220,55 @@ class Bench:
         st = self.stats()
         rate = BACKFILL_ROWS / (st["last"] - st["first"])  # steady state: first to last row
         note = f"{st['first'] - started:.1f}s from launch to first row; {self.cpu_split()}"
-        self.rows.append(Row(label, form, f"{rate:,.0f} rows/s", None, None, cpu, rss, note))
-
-    def live(self, label: str, form: str, run: Any, subs: int, path: str) -> None:
-        """``subs`` subscriptions polling every second; one new row per second."""
-        self.subscriptions(subs, path)
-        inserted = 0
-        with run as procs:
-            time.sleep(3)  # let every subscription take its first (empty) look
-            with psycopg.connect(self.url, autocommit=True) as conn:
-                deadline = time.monotonic() + SECONDS
-                while time.monotonic() < deadline:
-                    conn.execute("INSERT INTO appointment (patnum, note) VALUES (1, 'live')")
-                    inserted += 1
-                    time.sleep(1)
-            done = _wait(lambda: self.stats()["rows"] >= inserted * subs, 30)
-            cpu, rss = self.measure(procs, inserted * subs)
-        st = self.stats()
-        note = self.cpu_split() + ("" if done else f"; only {st['rows']} of {inserted * subs}")
         self.rows.append(
-            Row(
-                label,
-                form,
-                f"{st['rows'] / SECONDS:,.0f} rows/s",
-                st["p50"],
-                st["p99"],
-                cpu,
-                rss,
-                note,
-            )
+            Row(label, form, f"{rate:,.0f} rows/s", None, None, cpu, rss, note, per_second=rate)
         )
 
+    def live(self, label: str, form: str, run: Any, groups: dict[str, int]) -> None:
+        """``groups[path]`` subscriptions per receiver path, polling every second; one new row
+        per second. One result row per path group, each with its own latencies."""
+        self.subscriptions(groups)
+        with run as procs:
+            time.sleep(3)  # let every subscription take its first (empty) look
+            inserted = self.insert_live()
+            expected = {path.strip("/"): inserted * n for path, n in groups.items()}
+            _wait(lambda: self.delivered(expected), 30)
+            cpu, rss = self.measure(procs, sum(expected.values()))
+        st = self.stats()
+        windows = sum(g["posts"] for g in st["groups"].values())
+        for i, (group, want) in enumerate(expected.items()):
+            got = st["groups"].get(group, {"rows": 0, "posts": 0, "p50": None, "p99": None})
+            scenario = label if len(groups) == 1 else f"{label}: {group}"
+            row = Row(
+                scenario, form, f"{got['rows'] / SECONDS:,.0f} rows/s", got["p50"], got["p99"]
+            )
+            row.per_second, row.complete = got["rows"] / SECONDS, got["rows"] >= want
+            row.note = f"{got['rows']:,} of {want:,} rows delivered"
+            if i == 0:  # the processes are shared by every group: their costs go on one row
+                row.cpu_per_1000, row.rss = cpu, rss
+                row.cpu_per_1000_windows = sum(self.split.values()) / max(windows, 1) * 1000
+                row.rows_per_window = st["rows"] / max(windows, 1)
+                row.note += f"; {self.cpu_split()}"
+            self.rows.append(row)
+
+    def insert_live(self) -> int:
+        """One row a second for SECONDS; how many were inserted."""
+        inserted = 0
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            deadline = time.monotonic() + SECONDS
+            while time.monotonic() < deadline:
+                conn.execute("INSERT INTO appointment (patnum, note) VALUES (1, 'live')")
+                inserted += 1
+                time.sleep(1)
+        return inserted
+
+    def delivered(self, expected: dict[str, int]) -> bool:
+        """Whether each path group has received all of its rows."""
+        groups = self.stats()["groups"]
+        return all(groups.get(g, {"rows": 0})["rows"] >= n for g, n in expected.items())
+
     def idle(self, form: str, run: Any) -> None:
-        self.subscriptions(10_000, "/idle")
+        self.subscriptions({"/idle": 10_000})
         with run as procs:
             time.sleep(3)
             before = {p.name: p.cpu() for p in procs}
@@ -242,36 +296,10 @@ class Bench:
             with psycopg.connect(self.url, autocommit=True) as conn:
                 migrate(conn, sample_schema=True)
             _wait(lambda: _up(self.receiver), 30)
-            if "1" in which or "5" in which:
-                with psycopg.connect(self.url, autocommit=True) as conn:
-                    conn.execute(
-                        "INSERT INTO appointment (patnum, note) SELECT g %% 1000, "
-                        "'backfill row' FROM generate_series(1, %s) g",
-                        (BACKFILL_ROWS,),
-                    )
-                    conn.execute("ANALYZE appointment")
-            if "1" in which:
-                self.backfill("ours, 1 worker", self.ours(1))
-                self.backfill("seed loop", self.baseline("seed", 900))
-                self.backfill("raw limit", self.baseline("raw", 900))
-            if "5" in which:
-                self.backfill("ours, 2 workers", self.ours(2), "5 backfill, 2 workers")
-            if "1" in which or "5" in which:
-                with psycopg.connect(self.url, autocommit=True) as conn:
-                    conn.execute("TRUNCATE appointment")
-            for label, subs, path in (
-                ("2 1000 subs @1s", 1000, "/live"),
-                ("3 100 slow subs", 100, "/slow"),
-            ):
-                if label[0] not in which:
-                    continue
-                self.live(label, "ours, 1 worker", self.ours(1), subs, path)
-                self.live(label, "seed loop", self.baseline("seed", SECONDS + 40), subs, path)
-                self.live(label, "raw limit", self.baseline("raw", SECONDS + 40), subs, path)
-                if label[0] == "2" and "5" in which:
-                    self.live("5 1000 subs, 2 workers", "ours, 2 workers", self.ours(2), subs, path)
+            self.backfills(which)
+            self.lives(which)
             if "4" in which:
-                self.idle("ours, 1 worker", self.ours(1))
+                self.idle(OURS, self.ours(1))
                 self.idle("seed loop", self.baseline("seed", SECONDS + 10))
         finally:
             receiver.terminate()
@@ -279,12 +307,105 @@ class Bench:
             admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
             delete_topology(self.prefix)
 
+    def backfills(self, which: set[str]) -> None:
+        """Scenarios 1 and 5: BACKFILL_ROWS old rows to one subscription that starts in 2000."""
+        if not which & {"1", "5"}:
+            return
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO appointment (patnum, note) SELECT g %% 1000, "
+                "'backfill row' FROM generate_series(1, %s) g",
+                (BACKFILL_ROWS,),
+            )
+            conn.execute("ANALYZE appointment")
+        if "1" in which:
+            self.backfill(OURS, self.ours(1))
+            self.backfill("seed loop", self.baseline("seed", 900))
+            self.backfill("raw limit", self.baseline("raw", 900))
+            self.backfill("celery", self.celery(900))
+        if "5" in which:
+            self.backfill("ours, 2 workers", self.ours(2), "5 backfill, 2 workers")
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("TRUNCATE appointment")
+
+    def lives(self, which: set[str]) -> None:
+        """Scenarios 2, 3 and 6 in every form; scenario 5's second half rides on 2's setup."""
+        for label, groups in LIVE:
+            if label[0] not in which:
+                continue
+            self.live(label, OURS, self.ours(1), groups)
+            self.live(label, "seed loop", self.baseline("seed", SECONDS + 40), groups)
+            self.live(label, "raw limit", self.baseline("raw", SECONDS + 40), groups)
+            self.live(label, "celery", self.celery(SECONDS + 40), groups)
+            if label[0] == "2" and "5" in which:
+                self.live("5 1000 subs, 2 workers", "ours, 2 workers", self.ours(2), groups)
+
     def table(self) -> str:
         head = (
             "| scenario | form | throughput | p50 latency | p99 latency | CPU s / 1000 rows "
             "| peak RSS MB | note |\n|---|---|---|---|---|---|---|---|"
         )
         return "\n".join([head, *(r.markdown() for r in self.rows)])
+
+    def windows(self) -> str:
+        """Scenario 2's cost per window: what 1000 subscriptions polling every second cost."""
+        lines = [
+            "\n\nscenario 2: CPU s per 1000 windows, all processes of the form "
+            "(a window = one POST; CPU s / 1000 rows above is the same only at 1 row a window)"
+        ]
+        for r in self.rows:
+            if r.scenario.startswith("2 ") and r.cpu_per_1000_windows is not None:
+                lines.append(
+                    f"- {r.form}: {r.cpu_per_1000_windows:.3f} CPU s / 1000 windows "
+                    f"({r.rows_per_window:.2f} rows a window)"
+                )
+        return "\n".join(lines) if len(lines) > 1 else ""
+
+    def ratios(self) -> str:
+        """The headline: each scenario's peers measured against ours, in one line each."""
+        lines = [
+            "\n\nratios (live: the peer's p99 over ours, so 2.0x better = half the peer's p99;"
+            " backfill: ours rows/s over the raw limit's)"
+        ]
+        for scenario, forms in _by_scenario(self.rows).items():
+            ours = forms.get(OURS)
+            if ours is not None and ours.p99 is not None:
+                lines.append(f"- {scenario}: {_p99_ratios(ours, forms)}")
+            elif ours is not None and "raw limit" in forms:
+                lines.append(f"- {scenario}: {_backfill_ratio(ours, forms['raw limit'])}")
+        return "\n".join(lines) if len(lines) > 1 else ""
+
+
+def _by_scenario(rows: list[Row]) -> dict[str, dict[str, Row]]:
+    grouped: dict[str, dict[str, Row]] = {}
+    for r in rows:
+        grouped.setdefault(r.scenario, {})[r.form] = r
+    return grouped
+
+
+def _p99_ratios(ours: Row, forms: dict[str, Row]) -> str:
+    """One line: ours' p99, then how many times better (or worse) than celery's and seed's."""
+    assert ours.p99 is not None
+    parts = []
+    for peer in ("celery", "seed loop"):
+        other = forms.get(peer)
+        if other is None or other.p99 is None:
+            continue
+        ratio = other.p99 / ours.p99
+        verdict = f"{ratio:.1f}x better" if ratio >= 1 else f"{1 / ratio:.1f}x worse"
+        lost = "" if other.complete else ", rows missing"
+        parts.append(f"{verdict} than {peer} ({other.p99:.3f}s{lost})")
+    lost = "" if ours.complete else ", rows missing"
+    return f"ours p99 {ours.p99:.3f}s{lost}: " + ", ".join(parts)
+
+
+def _backfill_ratio(ours: Row, raw: Row) -> str:
+    if not ours.per_second or not raw.per_second:
+        return "-"
+    return (
+        f"ours {ours.per_second:,.0f} rows/s = {ours.per_second / raw.per_second:.2f}x "
+        f"the raw limit ({raw.per_second:,.0f} rows/s)"
+    )
 
 
 def _wait(check: Callable[[], bool], seconds: float) -> bool:
@@ -310,7 +431,7 @@ def _free_port() -> int:
 
 
 if __name__ == "__main__":
-    which = set(sys.argv[1:]) or {"1", "2", "3", "4", "5"}
+    which = set(sys.argv[1:]) or {"1", "2", "3", "4", "5", "6"}
     bench = Bench()
     print(
         f"bench: scenarios {sorted(which)}, {BACKFILL_ROWS:,} backfill rows, {SECONDS:.0f}s "
@@ -319,4 +440,4 @@ if __name__ == "__main__":
     )
     print(bench.table().split("\n", 2)[0] + "\n" + bench.table().split("\n", 2)[1], flush=True)
     bench.run(which)
-    print("\n" + bench.table())
+    print("\n" + bench.table() + bench.windows() + bench.ratios())

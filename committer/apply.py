@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 
 from apievents.common import queries
-from apievents.common.messages import Checkpoint, Outcome
+from apievents.common.messages import Checkpoint, Outcome, Report
 from apievents.common.retry import RetryPolicy
 
 ADVANCED, FAILED, STALE, CHECKPOINT, RELEASED = (
@@ -19,40 +19,50 @@ ADVANCED, FAILED, STALE, CHECKPOINT, RELEASED = (
     "released",  # the claim was revoked by an edit: dropped, the watermark untouched
 )
 
+Claim = tuple[int, str, str]  # subscription, job, holder
+
 
 def apply_batch(
     conn: psycopg.Connection[Any],
-    outcomes: Sequence[Outcome | Checkpoint],
+    reports: Sequence[Report],
     policy: RetryPolicy,
     disable_after: float = 259200.0,
 ) -> list[str]:
-    """Apply every report in one transaction; returns a result per report (see above).
+    """Apply every report in one transaction and one round trip; a result per report.
 
     Only the claim's current holder (job id and holder id) moves DateTimeStart, and only while
     no edit revoked the claim: to the window end on success, to the position of the last row
-    answered 200 on a checkpoint or on a failure after progress.
+    answered 200 on a checkpoint or on a failure after progress. Successes, the common case,
+    go in one statement for the whole batch; so do the attempt-log rows.
     """
-    attempts = [
-        a | {"num": o.subscription, "window_start": o.window_start, "window_end": o.window_end}
-        for o in outcomes
-        if isinstance(o, Outcome)
-        for a in o.attempts
-    ]
-    finals = [o for o in outcomes if isinstance(o, Outcome)]
+    successes = [r for r in reports if isinstance(r, Outcome) and r.ok]
+    finals = [r for r in reports if isinstance(r, Outcome)]
+    others = [r for r in reports if not (isinstance(r, Outcome) and r.ok)]
     with conn.transaction(), conn.pipeline():
-        cursors = [conn.execute(*_statement(o, policy, disable_after)) for o in outcomes]
-        if attempts:  # the POSTs happened whatever became of the outcome
-            conn.cursor().executemany(queries.RECORD_ATTEMPT, attempts)
-        revoked = conn.execute(queries.RELEASE_REVOKED, _claims(finals)) if finals else None
-    released = {tuple(r) for r in revoked.fetchall()} if revoked else set()
-    return [
-        _result(o) if cur.rowcount == 1 else RELEASED if _claim(o) in released else STALE
-        for o, cur in zip(outcomes, cursors, strict=True)
-    ]
+        advanced = conn.execute(queries.COMMIT_SUCCESSES, _successes(successes))
+        cursors = {id(r): conn.execute(*_statement(r, policy, disable_after)) for r in others}
+        released = conn.execute(queries.RELEASE_REVOKED, _claims(finals))
+        attempts = _attempts(reports)
+        if attempts["nums"]:  # the POSTs happened whatever became of the report
+            conn.execute(queries.RECORD_ATTEMPTS, attempts)
+    done = {tuple(row) for row in advanced.fetchall()}
+    revoked = {tuple(row) for row in released.fetchall()}
+    results = []
+    for r in reports:
+        if id(r) in cursors:
+            applied = cursors[id(r)].rowcount == 1
+            result = (CHECKPOINT if isinstance(r, Checkpoint) else FAILED) if applied else STALE
+        else:
+            result = ADVANCED if _claim(r) in done else STALE
+            done.discard(_claim(r))  # a duplicate in the same batch is stale
+        if result == STALE and isinstance(r, Outcome) and _claim(r) in revoked:
+            result = RELEASED
+        results.append(result)
+    return results
 
 
-def _claim(o: Outcome | Checkpoint) -> tuple[int, str, str]:
-    return (o.subscription, o.job_id, o.holder)
+def _claim(r: Report) -> Claim:
+    return (r.subscription, r.job_id, r.holder)
 
 
 def _claims(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
@@ -63,35 +73,49 @@ def _claims(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
     }
 
 
-def _result(o: Outcome | Checkpoint) -> str:
-    if isinstance(o, Checkpoint):
-        return CHECKPOINT
-    return ADVANCED if o.ok else FAILED
+def _successes(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
+    return _claims(outcomes) | {
+        "ends": [o.window_end for o in outcomes],
+        "statuses": [o.http_status for o in outcomes],
+    }
 
 
-def _statement(
-    o: Outcome | Checkpoint, policy: RetryPolicy, disable_after: float
-) -> tuple[str, dict[str, Any]]:
-    claim = {"num": o.subscription, "job": o.job_id, "holder": o.holder}
-    if isinstance(o, Checkpoint):
+def _attempts(reports: Sequence[Report]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {
+        k: [] for k in ("nums", "starts", "ends", "batches", "rows", "statuses", "latencies")
+    }
+    columns["classes"] = []
+    for r in reports:
+        if r.window_start is None or r.window_end is None:
+            continue  # a checkpoint from before checkpoints carried their attempts
+        for a in r.attempts:
+            columns["nums"].append(r.subscription)
+            columns["starts"].append(r.window_start)
+            columns["ends"].append(r.window_end)
+            columns["batches"].append(a["batch"])
+            columns["rows"].append(a["rows"])
+            columns["statuses"].append(a["http_status"])
+            columns["latencies"].append(a["latency_ms"])
+            columns["classes"].append(a["error_class"])
+    return columns
+
+
+def _statement(r: Report, policy: RetryPolicy, disable_after: float) -> tuple[str, dict[str, Any]]:
+    claim = {"num": r.subscription, "job": r.job_id, "holder": r.holder}
+    if isinstance(r, Checkpoint):
         return queries.COMMIT_CHECKPOINT, claim | {
-            "position_ts": o.position_ts,
-            "position_key": o.position_key,
-            "seq": o.seq,
-        }
-    if o.ok:
-        return queries.COMMIT_SUCCESS, claim | {
-            "window_end": o.window_end,
-            "http_status": o.http_status,
+            "position_ts": r.position_ts,
+            "position_key": r.position_key,
+            "seq": r.seq,
         }
     return queries.COMMIT_FAILURE, claim | {
-        "error": o.error or o.error_class or "failed",
-        "http_status": o.http_status,
-        "delay": policy.delay(o.failures + 1, o.retry_after),
-        "gone": o.http_status == 410,
+        "error": r.error or r.error_class or "failed",
+        "http_status": r.http_status,
+        "delay": policy.delay(r.failures + 1, r.retry_after),
+        "gone": r.http_status == 410,
         "disable_after": disable_after,
-        "progress": o.position_ts is not None,
-        "position_ts": o.position_ts,
-        "position_key": o.position_key,
-        "retry_after": min(o.retry_after or 0.0, policy.cap),
+        "progress": r.position_ts is not None,
+        "position_ts": r.position_ts,
+        "position_key": r.position_key,
+        "retry_after": min(r.retry_after or 0.0, policy.cap),
     }

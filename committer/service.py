@@ -2,159 +2,159 @@
 
 An outcome is acked only after the transaction that applied it committed, so a crash at any
 point redelivers it; applying it twice is harmless because the update is a compare-and-set.
+The SQL is plain psycopg on a worker thread; the event loop keeps the broker session alive.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
-import kombu
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from apievents.committer.apply import apply_batch
-from apievents.common import db, metrics
-from apievents.common.broker import Broker, drain
+from apievents.common import broker, db, metrics
+from apievents.common.broker import Message, Session
 from apievents.common.lifecycle import Lifecycle, Wired, readiness
 from apievents.common.logs import error_text
-from apievents.common.messages import Checkpoint, MessageError, Outcome, parse_report
+from apievents.common.messages import Checkpoint, MessageError, Report, parse_reports
 from apievents.common.retry import RetryPolicy
 from apievents.common.settings import Settings
+from apievents.common.topology import OUTCOMES
 
 log = logging.getLogger(__name__)
 
+Pending = tuple[Message, list[Report]]
+
 
 class Committer:
-    """Applies up to ``batch`` outcomes per transaction."""
+    """Applies up to ``batch`` reports per transaction."""
 
     def __init__(
         self,
-        broker: Broker,
+        settings: Settings,
         pool: ConnectionPool,
         policy: RetryPolicy,
         lifecycle: Lifecycle,
-        *,
-        batch: int,
-        linger: float,
-        disable_after: float = 259200.0,
     ) -> None:
-        self.broker = broker
+        self.settings = settings
         self.pool = pool
         self.policy = policy
         self.lifecycle = lifecycle
-        self.batch = batch
-        self.linger = linger
-        self.disable_after = disable_after
-        self._pending: list[tuple[kombu.Message, Outcome | Checkpoint]] = []
+        self.batch = settings.commit_batch
+        self.linger = settings.commit_linger_seconds
+        self._pending: list[Pending] = []
+        self._arrived = asyncio.Event()
 
     def run(self) -> None:
         """Serve until stopped, reconnecting after broker or database trouble."""
-        self.lifecycle.run_until_stopped("committer", self._session)
+        self.lifecycle.serve("committer", self._session)
 
-    def _session(self) -> None:
-        self._pending.clear()  # unacked messages of a dead connection are redelivered
-        with self.broker.connection() as conn:
-            self.lifecycle.connected.set()
-            consumer = kombu.Consumer(
-                conn.channel(),
-                queues=[self.broker.topology.outcomes],
-                on_message=self._on_message,
-                prefetch_count=self.batch,
-            )
-            consumer.consume()
-            while not self.lifecycle.stop.is_set():
-                self._collect(conn)
-                self._apply()
-            consumer.cancel()
-            self._apply()
-
-    def _on_message(self, message: kombu.Message) -> None:
+    async def _session(self) -> None:
+        s = self.settings
+        self._pending = []  # unacked messages of a dead connection are redelivered
+        self._arrived = asyncio.Event()
+        session = await broker.connect(s.broker_url, s.queue_prefix, s.broker_heartbeat)
         try:
-            self._pending.append((message, parse_report(message.body)))
+            await session.consume(OUTCOMES, self.batch, self._on_message)
+            self.lifecycle.connected.set()
+            while not self.lifecycle.stop.is_set():
+                await self._collect(session)
+                await self._apply()
+            await session.cancel()
+            await self._apply()
+        finally:
+            await session.close()
+
+    def _on_message(self, message: Message) -> None:
+        try:
+            self._pending.append((message, parse_reports(message.body)))
         except MessageError as e:
             log.error("outcome_unparseable", extra={"error": str(e)})
-            message.reject(requeue=False)
+            message.session.reject(message)
+            return
+        self._arrived.set()
 
-    def _collect(self, conn: kombu.Connection) -> None:
-        """Wait for a first outcome, then linger briefly so a batch can fill."""
-        drain(conn, 0.5)
-        while self._pending and len(self._pending) < self.batch and drain(conn, self.linger):
-            pass
+    def _count(self) -> int:
+        return sum(len(reports) for _, reports in self._pending)
 
-    def _apply(self) -> None:
+    async def _collect(self, session: Session) -> None:
+        """Wait for a first report, then linger briefly so a batch can fill."""
+        waiter = asyncio.ensure_future(self._arrived.wait())
+        others: list[asyncio.Future[Any]] = [waiter, session.closed]
+        await asyncio.wait(others, timeout=0.5, return_when="FIRST_COMPLETED")
+        waiter.cancel()
+        if session.closed.done():
+            session.closed.result()  # raises BrokerLost
+        deadline = asyncio.get_running_loop().time() + self.linger
+        while self._pending and self._count() < self.batch:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(left, 0.01))
+        self._arrived.clear()
+
+    async def _apply(self) -> None:
         if not self._pending:
             return
-        outcomes = [o for _, o in self._pending]
+        pending, self._pending = self._pending, []
+        reports = [r for _, items in pending for r in items]
         try:
-            with self.pool.connection() as conn:
-                results = apply_batch(conn, outcomes, self.policy, self.disable_after)
+            results = await asyncio.to_thread(self._apply_all, reports)
         except psycopg.OperationalError:
             raise  # transient: the session reconnects and the batch is redelivered
         except psycopg.Error as e:
             log.error("commit_batch_failed", extra={"error": error_text(e)})
-            self._apply_one_by_one()
-            return
-        self._ack(self._pending, results)
-        self._pending = []
+            results = await asyncio.to_thread(self._apply_one_by_one, reports)
+        self._done(pending, reports, results)
 
-    def _apply_one_by_one(self) -> None:
-        """Isolate an outcome the database refuses, so it cannot block the others."""
-        pending, self._pending = self._pending, []
-        for message, outcome in pending:
+    def _apply_all(self, reports: list[Report]) -> list[str]:
+        with self.pool.connection() as conn:
+            return apply_batch(conn, reports, self.policy, self.settings.disable_after_seconds)
+
+    def _apply_one_by_one(self, reports: list[Report]) -> list[str]:
+        """Isolate a report the database refuses, so it cannot block the others. A refused
+        report loses nothing: its claim's lease runs out and the window is issued again."""
+        results = []
+        for report in reports:
             try:
-                with self.pool.connection() as conn:
-                    (result,) = apply_batch(conn, [outcome], self.policy, self.disable_after)
+                results += self._apply_all([report])
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as e:
-                log.error(
-                    "outcome_refused",
-                    extra={
-                        "subscription": outcome.subscription,
-                        "job": outcome.job_id,
-                        "error": error_text(e),
-                    },
-                )
-                message.reject(requeue=False)
-                continue
-            self._ack([(message, outcome)], [result])
+                log.error("outcome_refused", extra=_fields(report) | {"error": error_text(e)})
+                results.append("refused")
+        return results
 
     @staticmethod
-    def _ack(applied: list[tuple[kombu.Message, Outcome | Checkpoint]], results: list[str]) -> None:
+    def _done(pending: list[Pending], reports: list[Report], results: list[str]) -> None:
         metrics.COMMIT_BATCH_SIZE.observe(len(results))
-        for (message, outcome), result in zip(applied, results, strict=True):
-            message.ack()
+        for report, result in zip(reports, results, strict=True):
             metrics.WINDOWS_COMMITTED.labels(result).inc()
-            log.info(
-                "outcome_applied",
-                extra={
-                    "subscription": outcome.subscription,
-                    "job": outcome.job_id,
-                    "result": result,
-                    **_window(outcome),
-                },
-            )
+            log.info("outcome_applied", extra=_fields(report) | {"result": result})
+        for message, _ in pending:
+            message.session.ack(message)
 
 
 def build(settings: Settings, lifecycle: Lifecycle) -> Wired:
     """Wire a Committer from settings; returns it and a closer for its resources."""
     pool = db.pool(settings.database_url, 2, "committer")
     committer = Committer(
-        Broker(settings.broker_url, settings.queue_prefix, settings.broker_heartbeat),
+        settings,
         pool,
         RetryPolicy(settings.retry_base_seconds, settings.retry_cap_seconds),
         lifecycle,
-        batch=settings.commit_batch,
-        linger=settings.commit_linger_seconds,
-        disable_after=settings.disable_after_seconds,
     )
     return Wired(committer, pool.close, readiness(pool, lifecycle))
 
 
-def _window(report: Outcome | Checkpoint) -> dict[str, str]:
+def _fields(report: Report) -> dict[str, str | int]:
+    fields: dict[str, str | int] = {"subscription": report.subscription, "job": report.job_id}
     if isinstance(report, Checkpoint):
-        return {"window_start": report.position_ts.isoformat()}
-    return {
+        return fields | {"window_start": report.position_ts.isoformat()}
+    return fields | {
         "window_start": report.window_start.isoformat(),
         "window_end": report.window_end.isoformat(),
     }

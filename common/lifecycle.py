@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Protocol
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from apievents.common import queries
 from apievents.common.broker import TRANSIENT_ERRORS
@@ -28,12 +29,17 @@ class ConfigurationError(RuntimeError):
 class Lifecycle:
     """A stop event set by the first SIGTERM/SIGINT; a second signal exits at once.
 
-    ``connected`` is set while a service's broker session is up (for /readyz).
+    ``connected`` is set while a service's broker session is up (for /readyz). A service runs
+    on an asyncio loop (``loop``) and only ever polls ``stop``: a signal handler does nothing
+    but set it.
     """
+
+    POLL_SECONDS = 0.05
 
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.connected = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def install_signals(self) -> None:
         """Route SIGTERM and SIGINT here (main thread only)."""
@@ -45,16 +51,35 @@ class Lifecycle:
             os._exit(1)
         self.stop.set()
 
-    def run_until_stopped(self, name: str, session: Callable[[], None]) -> None:
+    def serve(
+        self,
+        name: str,
+        session: Callable[[], Awaitable[None]],
+        cleanup: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Run the service on a new event loop until stopped (see run_until_stopped), then
+        ``cleanup`` on the same loop."""
+
+        async def main() -> None:
+            try:
+                await self.run_until_stopped(name, session)
+            finally:
+                if cleanup is not None:
+                    await cleanup()
+
+        asyncio.run(main())
+
+    async def run_until_stopped(self, name: str, session: Callable[[], Awaitable[None]]) -> None:
         """Run ``session`` again after each transient failure, with capped backoff, until stop.
 
         ``session`` returns normally only once stop is set and its work is handed back.
         """
+        self.loop = asyncio.get_running_loop()
         delay = 0.5
         self.connected.clear()
         while not self.stop.is_set():
             try:
-                session()
+                await session()
                 delay = 0.5
             except TRANSIENT_ERRORS as e:
                 self.connected.clear()
@@ -62,9 +87,19 @@ class Lifecycle:
                     "reconnecting",
                     extra={"service": name, "error": error_text(e), "retry_in": delay},
                 )
-                self.stop.wait(delay)
+                await self.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.connected.clear()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` or until stop, whichever comes first; True if stopping."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not self.stop.is_set():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(left, self.POLL_SECONDS))
+        return True
 
 
 class Service(Protocol):
@@ -93,6 +128,28 @@ def readiness(pool: ConnectionPool, lifecycle: Lifecycle) -> Callable[[], bool]:
             with pool.connection(timeout=2) as conn:
                 conn.execute(queries.PING)
         except (psycopg.Error, PoolTimeout):
+            return False
+        return True
+
+    return ready
+
+
+def async_readiness(
+    pool: Callable[[], AsyncConnectionPool | None], lifecycle: Lifecycle
+) -> Callable[[], bool]:
+    """Readiness for a service whose pool lives on its event loop; asked from another thread."""
+
+    async def ping(pool: AsyncConnectionPool) -> None:
+        async with pool.connection(timeout=2) as conn:
+            await conn.execute(queries.PING)
+
+    def ready() -> bool:
+        loop, current = lifecycle.loop, pool()
+        if not lifecycle.connected.is_set() or loop is None or loop.is_closed() or not current:
+            return False
+        try:
+            asyncio.run_coroutine_threadsafe(ping(current), loop).result(timeout=3)
+        except (psycopg.Error, PoolTimeout, TimeoutError, RuntimeError):
             return False
         return True
 

@@ -68,7 +68,11 @@ class Job(_Message):
 
 @dataclass(frozen=True)
 class Checkpoint(_Message):
-    """Progress inside a window: every row up to (position_ts, position_key) got 200."""
+    """Progress inside a window: every row up to (position_ts, position_key) got 200.
+
+    It carries the window's attempt-log rows since the last report, so a long window's log
+    is written as it goes.
+    """
 
     kind: ClassVar[str] = "checkpoint"
     job_id: str
@@ -78,6 +82,9 @@ class Checkpoint(_Message):
     position_ts: datetime
     position_key: str
     rows: int
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    attempts: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
@@ -93,6 +100,9 @@ class Checkpoint(_Message):
             position_ts=_time(d, "position_ts"),
             position_key=key,
             rows=_int(d, "rows"),
+            window_start=_time(d, "window_start") if d.get("window_start") else None,
+            window_end=_time(d, "window_end") if d.get("window_end") else None,
+            attempts=_attempts(d),
         )
 
 
@@ -160,9 +170,28 @@ def _dump(kind: str, fields: dict[str, Any]) -> bytes:
     return orjson.dumps({"v": VERSION, "type": kind, **fields})
 
 
-def parse_report(body: bytes | str) -> Outcome | Checkpoint:
-    """An Outcome or a Checkpoint, by the message's type."""
+Report = Outcome | Checkpoint
+REPORTS = "reports"  # one message carrying several reports, each handed on as it was ready
+
+
+def reports_to_bytes(reports: list[Report]) -> bytes:
+    """Several outcomes and checkpoints as one broker message."""
+    items = [{"type": r.kind, **asdict(r)} for r in reports]
+    return _dump(REPORTS, {"items": items})
+
+
+def parse_reports(body: bytes | str) -> list[Report]:
+    """The reports of a message: a Reports message, or a single Outcome or Checkpoint."""
     d = _load(None, body)
+    if d.get("type") == REPORTS:
+        items = d.get("items")
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise MessageError("items: expected a list of reports")
+        return [_report(i) for i in items]
+    return [_report(d)]
+
+
+def _report(d: dict[str, Any]) -> Report:
     if d.get("type") == Checkpoint.kind:
         return Checkpoint.from_dict(d)
     if d.get("type") == Outcome.kind:

@@ -251,17 +251,35 @@ _OWES = """
     (date_time_stop IS NULL OR date_time_start < date_time_stop
      OR (date_time_start = date_time_stop AND cursor_key IS NOT NULL))
 """
+_DUE = f"""
+    status = 'active' AND next_attempt_at <= now() AND {_OWES}
+    AND (claim_job IS NULL OR claim_expires_at <= now())
+"""
+# One customer's windows in flight are capped when work is claimed, so its hanging endpoints
+# take at most that many of the workers' slots (subscriptions without a CustomerKey are the
+# operator's own and not capped; a cap of 0 turns it off). Within a customer, the longest due
+# go first. Several producer replicas may each claim up to the cap in the same moment.
 DUE_FOR_UPDATE = f"""
-SELECT subscription_num, watch_table, date_time_start, cursor_key, date_time_stop,
-       consecutive_failures
-FROM apievents.subscription
-WHERE status = 'active'
-  AND next_attempt_at <= now()
-  AND {_OWES}
-  AND (claim_job IS NULL OR claim_expires_at <= now())
-ORDER BY next_attempt_at, subscription_num
-LIMIT %s
-FOR UPDATE SKIP LOCKED
+WITH due AS (
+    SELECT subscription_num, customer_key, row_number() OVER (
+        PARTITION BY customer_key ORDER BY next_attempt_at, subscription_num) AS nth
+    FROM apievents.subscription WHERE {_DUE}
+), busy AS (
+    SELECT customer_key, count(*) AS n FROM apievents.subscription
+    WHERE claim_job IS NOT NULL AND claim_expires_at > now()
+      AND customer_key IN (SELECT customer_key FROM due)
+    GROUP BY customer_key
+)
+SELECT s.subscription_num, s.watch_table, s.date_time_start, s.cursor_key, s.date_time_stop,
+       s.consecutive_failures
+FROM apievents.subscription s
+WHERE {_DUE}
+  AND s.subscription_num IN (
+    SELECT d.subscription_num FROM due d LEFT JOIN busy b USING (customer_key)
+    WHERE d.customer_key = '' OR %(cap)s <= 0 OR d.nth + coalesce(b.n, 0) <= %(cap)s)
+ORDER BY s.next_attempt_at, s.subscription_num
+LIMIT %(limit)s
+FOR UPDATE OF s SKIP LOCKED
 """
 
 # Nothing changed since DateTimeStart: no job; look again after PollingSeconds. Every change up
@@ -320,28 +338,38 @@ def oldest_change_after(wt: WatchTable, *, inclusive: bool) -> sql.Composed:
 
 # -- Worker -------------------------------------------------------------------------------------
 
-# The worker that starts a job becomes the claim's holder, but only of a claim nobody holds or
-# whose holder's lease ran out: a broker may hand a job to a second worker while the first is
-# still sending (a lost connection), and one window must never run twice at once. The window
-# resumes from the subscription's cursor, which checkpoints may have moved past its start.
-TAKE_OVER = f"""
+# A worker takes over every claim of a batch of jobs in one statement, and becomes each
+# claim's holder, but only of a claim nobody holds or whose holder's lease ran out: a broker
+# may hand a job to a second worker while the first is still sending (a lost connection), and
+# one window must never run twice at once. A window resumes from the subscription's cursor,
+# which checkpoints may have moved past its start.
+TAKE_OVER = """
 UPDATE apievents.subscription s
-SET claim_holder = %(holder)s, claim_expires_at = now() + %(lease)s * interval '1 second',
+SET claim_holder = c.holder, claim_expires_at = now() + %(lease)s * interval '1 second',
     last_attempt_at = now()
-FROM apievents.watch_table w
-WHERE s.subscription_num = %(num)s AND s.claim_job = %(job)s AND s.status = 'active'
+FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[], %(holders)s::uuid[]) AS c(num, job, holder)
+WHERE s.subscription_num = c.num AND s.claim_job = c.job AND s.status = 'active'
   AND NOT s.claim_revoked AND (s.claim_holder IS NULL OR s.claim_expires_at <= now())
-  AND w.name = s.watch_table
-RETURNING s.date_time_start, s.cursor_key, s.claim_seq, s.endpoint_url, s.customer_key,
-          s.workstation, s.secret,
+RETURNING c.job::text, s.date_time_start, s.cursor_key, s.claim_seq, s.endpoint_url,
+          s.customer_key, s.workstation, s.secret,
           CASE WHEN s.previous_secret_expires_at > now() THEN s.previous_secret END,
-          w.{REGISTRY_COLUMNS.replace(", ", ", w.")}
+          s.watch_table
 """
 
 # Why a take-over found nothing: the claim is held by a live holder (busy), or it moved on.
 CLAIM_BUSY = """
-SELECT claim_holder IS NOT NULL AND claim_expires_at > now() AND NOT claim_revoked
-FROM apievents.subscription WHERE subscription_num = %(num)s AND claim_job = %(job)s
+SELECT c.job::text FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[]) AS c(num, job)
+JOIN apievents.subscription s ON s.subscription_num = c.num AND s.claim_job = c.job
+WHERE s.claim_holder IS NOT NULL AND s.claim_expires_at > now() AND NOT s.claim_revoked
+"""
+
+# A worker that hands a job back (it is shutting down, or lost the database) has no POST in
+# flight: it steps down as holder, so the requeued job can be taken over at once instead of
+# after the lease.
+HAND_BACK = """
+UPDATE apievents.subscription s SET claim_holder = NULL
+FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[], %(holders)s::uuid[]) AS c(num, job, holder)
+WHERE s.subscription_num = c.num AND s.claim_job = c.job AND s.claim_holder = c.holder
 """
 
 EXTEND_LEASE = """
@@ -352,11 +380,13 @@ WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(ho
 """
 
 
-RECORD_ATTEMPT = """
+# The attempt-log rows of a committer batch, in one statement.
+RECORD_ATTEMPTS = """
 INSERT INTO apievents.attempt (subscription_num, window_start, window_end, batch, rows,
                                http_status, latency_ms, error_class)
-VALUES (%(num)s, %(window_start)s, %(window_end)s, %(batch)s, %(rows)s, %(http_status)s,
-        %(latency_ms)s, %(error_class)s)
+SELECT * FROM unnest(%(nums)s::bigint[], %(starts)s::timestamptz[], %(ends)s::timestamptz[],
+                     %(batches)s::int[], %(rows)s::int[], %(statuses)s::int[],
+                     %(latencies)s::int[], %(classes)s::text[])
 """
 
 
@@ -393,13 +423,19 @@ _HOLDER = """
 subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
   AND NOT claim_revoked
 """
-COMMIT_SUCCESS = f"""
-UPDATE apievents.subscription
-SET date_time_start = %(window_end)s, cursor_key = NULL,
-    next_attempt_at = claimed_at + polling_seconds * interval '1 second',
-    consecutive_failures = 0, last_error = NULL, last_http_status = %(http_status)s,
+# Every success of a committer batch in one statement: the common case, so it is the cheap one.
+COMMIT_SUCCESSES = f"""
+UPDATE apievents.subscription s
+SET date_time_start = o.window_end, cursor_key = NULL,
+    next_attempt_at = s.claimed_at + s.polling_seconds * interval '1 second',
+    consecutive_failures = 0, last_error = NULL, last_http_status = o.http_status,
     failing_since = NULL, last_success_at = now(), {_RELEASE}
-WHERE {_HOLDER}
+FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[], %(holders)s::uuid[],
+            %(ends)s::timestamptz[], %(statuses)s::int[])
+    AS o(num, job, holder, window_end, http_status)
+WHERE s.subscription_num = o.num AND s.claim_job = o.job AND s.claim_holder = o.holder
+  AND NOT s.claim_revoked
+RETURNING o.num, o.job::text, o.holder::text
 """
 
 # Progress inside a window: the claim stays; claim_seq keeps checkpoints from going backwards

@@ -52,8 +52,24 @@ class Settings:
     watermark_warn_seconds: float = _opt(
         300.0, "Producer: warn when open transactions hold deliveries back longer than this."
     )
-    claim_batch: int = _opt(500, "Producer: most subscriptions claimed in one transaction.")
-    worker_concurrency: int = _opt(8, "Worker: windows delivered at once by one process.")
+    max_windows_per_customer: int = _opt(
+        100,
+        "Producer: most windows in flight for one CustomerKey (0: no cap), so one customer's "
+        "hanging endpoints take at most that many worker slots.",
+    )
+    claim_batch: int = _opt(
+        10000, "Producer: most subscriptions claimed (and published) in one tick."
+    )
+    worker_concurrency: int = _opt(
+        64, "Worker: windows delivered at once by one process (its POSTs in flight)."
+    )
+    worker_batch: int = _opt(
+        200, "Worker: most jobs taken over together (one statement, shared table reads)."
+    )
+    worker_linger_seconds: float = _opt(
+        0.005, "Worker: how long to wait for more ready jobs before starting a batch."
+    )
+    worker_db_connections: int = _opt(8, "Worker: most database connections of one process.")
     http_timeout: float = _opt(30.0, "Worker: seconds to wait for an endpoint's answer.")
     http_connect_timeout: float = _opt(5.0, "Worker: seconds to wait for a TCP/TLS connection.")
     sender_name: str = _opt(
@@ -92,7 +108,10 @@ class Settings:
             ("metrics_port", 0 <= self.metrics_port <= 65535, "must be 0 to 65535"),
             ("api_port", 1 <= self.api_port <= 65535, "must be 1 to 65535"),
             ("worker_concurrency", self.worker_concurrency >= 1, "must be at least 1"),
+            ("worker_batch", self.worker_batch >= 1, "must be at least 1"),
+            ("worker_db_connections", self.worker_db_connections >= 2, "must be at least 2"),
             ("claim_batch", self.claim_batch >= 1, "must be at least 1"),
+            ("max_windows_per_customer", self.max_windows_per_customer >= 0, "must be 0 or more"),
             ("commit_batch", self.commit_batch >= 1, "must be at least 1"),
             ("log_level", self.log_level.upper() in _LEVELS, "must be one of " + "/".join(_LEVELS)),
         ]
@@ -142,6 +161,7 @@ class Settings:
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _POSITIVE = (
     "broker_heartbeat",
+    "worker_linger_seconds",
     "lease_seconds",
     "tick_seconds",
     "http_timeout",

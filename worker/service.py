@@ -1,196 +1,287 @@
-"""The worker service: consume jobs, run windows on threads, hand on outcomes, then ack.
+"""The worker service: take jobs in batches, run their windows, hand on outcomes, then ack.
 
-The main thread owns the broker connection (kombu channels are not thread-safe): it drains
-events, which keeps heartbeats flowing however long a window takes, and it is the only place
-that acks or requeues a job. Window threads only compute an Outcome or a Disposition.
+One asyncio loop runs everything: the broker session, and (worker/windows.py) the database
+pool and the HTTP client. Jobs that are ready are started in batches, up to ``worker_batch``
+or after a short linger; every window then runs as its own task, so a hanging endpoint delays
+no other window's outcome. Outcomes and checkpoints go out in confirmed bursts, one broker
+message each. A job message is settled (acked or requeued) in exactly one place, ``_settle``,
+and acked only once its outcome was confirmed.
+
+A window outlives a lost broker connection: its claim in the database, not the broker, says
+who may send. Its outcome goes out on the next session; its message went back to the queue
+with the old connection, and whoever gets it finds the claim busy or gone.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import queue
-import threading
-import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
-import kombu
-
-from apievents.common import db, metrics
-from apievents.common.broker import Broker, StreamPublisher, Unconfirmed, drain
-from apievents.common.lifecycle import Lifecycle, Wired, readiness
-from apievents.common.messages import Checkpoint, Job, MessageError, Outcome
+from apievents.common import broker, metrics
+from apievents.common.broker import TRANSIENT_ERRORS, BrokerLost, Message, Session, Unconfirmed
+from apievents.common.lifecycle import Lifecycle, Wired, async_readiness
+from apievents.common.logs import error_text
+from apievents.common.messages import Checkpoint, Job, MessageError, Outcome, reports_to_bytes
 from apievents.common.settings import Settings
-from apievents.common.ssrf import EndpointPolicy
-from apievents.worker.sender import Sender
-from apievents.worker.window import Disposition, WindowRunner
+from apievents.common.topology import JOBS, OUTCOMES
+from apievents.worker.delivery import Disposition
+from apievents.worker.windows import DatabaseWindows, Report, Result, Windows
 
 log = logging.getLogger(__name__)
+CONFIRM_TIMEOUT = 10.0  # seconds to wait for the broker to confirm a burst of reports
+
+OpenWindows = Callable[[Settings, Report], Awaitable[Windows]]
 
 
-_Result = Outcome | Disposition | Checkpoint
+@dataclass(eq=False)
+class _Job:
+    """A job message and, once started, its window's result."""
 
-
-@dataclass
-class _InFlight:
     job: Job
-    message: kombu.Message
-    generation: int
-    abort: threading.Event = field(default_factory=threading.Event)
+    message: Message
+    result: asyncio.Future[Result] | None = None
 
 
 class Worker:
-    """Delivers up to ``concurrency`` windows at once."""
+    """Delivers up to ``worker_concurrency`` windows at once."""
 
     def __init__(
         self,
-        broker: Broker,
-        runner: WindowRunner,
+        settings: Settings,
         lifecycle: Lifecycle,
-        *,
-        concurrency: int,
-        shutdown_timeout: float,
+        open_windows: OpenWindows = DatabaseWindows.open,
     ) -> None:
-        self.broker = broker
-        self.runner = runner
+        self.s = settings
         self.lifecycle = lifecycle
-        self.concurrency = concurrency
-        self.shutdown_timeout = shutdown_timeout
-        self._generation = 0
-        self._in_flight: dict[int, _InFlight] = {}
-        self._done: queue.SimpleQueue[tuple[_InFlight, _Result]] = queue.SimpleQueue()
+        self.open_windows = open_windows
+        self.windows: Windows | None = None  # made on the service's own loop
+        self.session: Session | None = None
+        self._ready: list[_Job] = []
+        self._linger: asyncio.TimerHandle | None = None
+        self._jobs: set[_Job] = set()  # every job message not yet settled
+        self._outbox: list[tuple[Outcome | Checkpoint, _Job | None]] = []
+        self._flushing = False
+        self._background: set[asyncio.Future[None]] = set()
 
     def run(self) -> None:
         """Serve until stopped, reconnecting after broker or database trouble."""
-        self.lifecycle.run_until_stopped("worker", self._session)
+        self.lifecycle.serve("worker", self._serve, self._close)
 
-    def _session(self) -> None:
-        self._generation += 1
-        # Messages of an earlier connection went back to the queue when it died; their windows
-        # may still finish here, but only the copy now delivered can be acked.
-        self._in_flight.clear()
-        with self.broker.connection() as conn:
+    async def _serve(self) -> None:
+        if self.windows is None:  # the pool and HTTP client live as long as the loop
+            self.windows = await self.open_windows(self.s, self._report)
+        await self._session()
+
+    async def _close(self) -> None:
+        if self.windows is not None:
+            await self.windows.close()
+
+    async def _session(self) -> None:
+        s = self.s
+        session = await broker.connect(s.broker_url, s.queue_prefix, s.broker_heartbeat)
+        self.session = session
+        try:
+            await session.consume(JOBS, s.worker_concurrency, self._on_message)
             self.lifecycle.connected.set()
-            publisher = self.broker.stream_publisher(conn)
-            consumer = kombu.Consumer(
-                conn.channel(),
-                queues=[self.broker.topology.jobs],
-                on_message=self._on_message,
-                prefetch_count=self.concurrency,
-            )
-            consumer.consume()
-            while not self.lifecycle.stop.is_set():
-                drain(conn, 0.05)
-                self._finish(publisher)
-            consumer.cancel()
-            self._shut_down(conn, publisher)
+            self._flush()  # reports that waited for a session
+            stopping = asyncio.ensure_future(self._until_stopped())
+            either: list[asyncio.Future[Any]] = [stopping, session.closed]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if session.closed.done():
+                self._forget_ready()  # not started: the broker redelivers them
+                session.closed.result()  # raises BrokerLost
+            await session.cancel()
+            await self._shut_down()
+        finally:
+            self.session = None
+            await session.close()
 
-    def _on_message(self, message: kombu.Message) -> None:
-        if self.lifecycle.stop.is_set():  # delivered just before our cancel reached the broker
-            message.requeue()
-            return
+    async def _until_stopped(self) -> None:
+        while not await self.lifecycle.sleep(3600):
+            pass
+
+    # -- taking jobs ---------------------------------------------------------------------------
+
+    def _on_message(self, message: Message) -> None:
         try:
             job = Job.from_bytes(message.body)
         except MessageError as e:
             log.error("job_unparseable", extra={"error": str(e)})
-            message.reject(requeue=False)
+            message.session.reject(message)
             return
-        entry = _InFlight(job, message, self._generation)
-        self._in_flight[id(entry)] = entry
+        entry = _Job(job, message)
+        self._jobs.add(entry)
         metrics.WINDOWS_IN_FLIGHT.inc()
-        threading.Thread(target=self._work, args=(entry,), daemon=True).start()
+        self._ready.append(entry)
+        if len(self._ready) >= self.s.worker_batch:
+            self._dispatch()
+        elif self._linger is None:
+            loop = asyncio.get_running_loop()
+            self._linger = loop.call_later(self.s.worker_linger_seconds, self._dispatch)
 
-    def _work(self, entry: _InFlight) -> None:
-        try:
-            result = self.runner.run(entry.job, entry.abort, lambda cp: self._done.put((entry, cp)))
-        except Exception:
-            log.exception("window_crashed", extra={"job": entry.job.job_id})
-            result = Disposition.REQUEUE
-        self._done.put((entry, result))
-
-    def _finish(self, publisher: StreamPublisher) -> None:
-        """Hand on everything finished since the last call in one confirmed burst, then ack."""
-        done: list[tuple[_InFlight, _Result]] = []
-        while True:
-            try:
-                done.append(self._done.get_nowait())
-            except queue.Empty:
-                break
-        reports = [(i, r) for i, (_, r) in enumerate(done) if isinstance(r, Outcome | Checkpoint)]
-        refused: set[int] = set()
-        try:
-            publisher.publish_all([r.to_bytes() for _, r in reports], "outcomes")
-        except Unconfirmed as e:  # not handed on: those jobs go back to the queue
-            refused = {reports[i][0] for i in e.indexes}
-        for i, (entry, result) in enumerate(done):
-            if isinstance(result, Checkpoint):  # progress: handed on, the job stays
-                continue
+    def _forget_ready(self) -> list[_Job]:
+        """Jobs not started yet: take them off the list, unsettled."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        ready, self._ready = self._ready, []
+        for entry in ready:
+            self._jobs.discard(entry)
             metrics.WINDOWS_IN_FLIGHT.dec()
-            current = self._in_flight.pop(id(entry), None) is not None
-            if isinstance(result, Outcome):
-                log.info(
-                    "window_done",
-                    extra={
-                        "subscription": result.subscription,
-                        "job": result.job_id,
-                        "window_start": result.window_start.isoformat(),
-                        "window_end": result.window_end.isoformat(),
-                        "ok": result.ok,
-                        "rows": result.rows,
-                        "error_class": result.error_class,
-                    },
-                )
-            if not current:
-                continue  # its message went back to the queue with an earlier connection
-            if i in refused or result is Disposition.REQUEUE:
-                entry.message.requeue()
-            else:
-                entry.message.ack()  # only after its outcome was confirmed
+        return ready
 
-    def _shut_down(self, conn: kombu.Connection, publisher: StreamPublisher) -> None:
-        deadline = time.monotonic() + self.shutdown_timeout
-        while self._in_flight and time.monotonic() < deadline:
-            drain(conn, 0.05)
-            self._finish(publisher)
-        for entry in self._in_flight.values():
-            entry.abort.set()
-            entry.message.requeue()
+    def _dispatch(self) -> None:
+        self._linger = None
+        batch, self._ready = self._ready, []
+        if batch:
+            self._spawn(self._start(batch))
+
+    async def _start(self, batch: list[_Job]) -> None:
+        assert self.windows is not None
+        try:
+            results = await self.windows.start([e.job for e in batch])
+        except TRANSIENT_ERRORS as e:  # the database is away: give the batch back, unhurried
+            log.warning("batch_requeued", extra={"jobs": len(batch), "error": error_text(e)})
+            await asyncio.sleep(1.0)
+            for entry in batch:
+                self._settle(entry, Disposition.REQUEUE)
+            return
+        except Exception:  # contained: never a requeue loop. The claims' leases run out and
+            log.exception("batch_failed", extra={"jobs": len(batch)})  # the producer re-issues
+            for entry in batch:
+                self._settle(entry, Disposition.STALE)
+            return
+        late = []
+        for entry in batch:
+            entry.result = results[entry.job.job_id]
+            if entry not in self._jobs:  # handed back while the take-over ran (shutdown)
+                entry.result.cancel()
+                late.append(entry.job)
+                continue
+            entry.result.add_done_callback(lambda f, e=entry: self._window_done(e, f))  # type: ignore[misc]
+        if late:
+            await asyncio.gather(*(results[j.job_id] for j in late), return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.windows.hand_back(late)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run in the background, holding a reference (the loop keeps only weak ones)."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- finishing jobs ------------------------------------------------------------------------
+
+    def _window_done(self, entry: _Job, result: asyncio.Future[Result]) -> None:
+        if result.cancelled():
+            return  # handed back by _shut_down
+        outcome = result.result()
+        if not isinstance(outcome, Outcome):
+            self._settle(entry, outcome)
+            return
+        log.info(
+            "window_done",
+            extra={
+                "subscription": outcome.subscription,
+                "job": outcome.job_id,
+                "window_start": outcome.window_start.isoformat(),
+                "window_end": outcome.window_end.isoformat(),
+                "ok": outcome.ok,
+                "rows": outcome.rows,
+                "error_class": outcome.error_class,
+            },
+        )
+        self._outbox.append((outcome, entry))
+        self._flush()
+
+    def _report(self, checkpoint: Checkpoint) -> None:
+        self._outbox.append((checkpoint, None))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand on what waits in one confirmed burst, once this loop pass has added to it."""
+        if not self._flushing and self._outbox and self.session is not None:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(lambda: self._spawn(self._publish()))
+
+    async def _publish(self) -> None:
+        try:
+            while self._outbox and self.session is not None:
+                session, sent = self.session, self._outbox
+                self._outbox = []
+                body = reports_to_bytes([report for report, _ in sent])
+                try:
+                    await session.publish([body], OUTCOMES, CONFIRM_TIMEOUT)
+                except BrokerLost:
+                    self._outbox = sent + self._outbox  # the next session hands them on
+                    return
+                except Unconfirmed:  # maybe lost: their jobs go back, the claims sort it out
+                    self._settle_all(sent, Disposition.REQUEUE)
+                    continue
+                self._settle_all(sent, None)
+        finally:
+            self._flushing = False
+
+    def _settle_all(
+        self, sent: list[tuple[Outcome | Checkpoint, _Job | None]], how: Disposition | None
+    ) -> None:
+        for _, entry in sent:
+            if entry is not None:
+                self._settle(entry, how)
+
+    def _settle(self, entry: _Job, how: Disposition | None) -> None:
+        """The one place a job message is settled: requeued, or acked (done, or stale)."""
+        if entry not in self._jobs:
+            return
+        self._jobs.discard(entry)
+        metrics.WINDOWS_IN_FLIGHT.dec()
+        message = entry.message
+        if message.session is not self.session:
+            return  # its connection died: the broker requeued it already
+        if how is Disposition.REQUEUE:
+            message.session.requeue(message)
+        else:
+            message.session.ack(message)
+
+    # -- shutting down -------------------------------------------------------------------------
+
+    async def _shut_down(self) -> None:
+        """Let windows in flight finish within the shutdown timeout, then hand back the rest."""
+        assert self.windows is not None
+        for entry in self._forget_ready():
+            entry.message.session.requeue(entry.message)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.s.shutdown_timeout
+        while self._jobs and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        left = [e for e in self._jobs if e.result is not None and not e.result.done()]
+        for entry in left:
+            entry.result.cancel()  # type: ignore[union-attr]
+        await asyncio.gather(*(e.result for e in left if e.result), return_exceptions=True)
+        with contextlib.suppress(Exception):  # no POST in flight now: others may take them
+            await self.windows.hand_back([e.job for e in left])
+        for entry in list(self._jobs):
             log.info("window_handed_back", extra={"job": entry.job.job_id})
-        self._in_flight.clear()
+            self._settle(entry, Disposition.REQUEUE)
+        while (self._outbox or self._flushing) and self.session and not self.session.closed.done():
+            await asyncio.sleep(0.01)  # the last outcomes and their confirms
 
     @property
     def busy(self) -> int:
-        """Windows in flight (for tests and status)."""
-        return len(self._in_flight)
+        """Job messages not yet settled (for tests and status)."""
+        return len(self._jobs)
 
 
 def build(settings: Settings, lifecycle: Lifecycle) -> Wired:
-    """Wire a Worker from settings; returns it and a closer for its resources."""
-    pool = db.pool(settings.database_url, settings.worker_concurrency + 2, "worker")
-    sender = Sender(
-        settings.http_timeout,
-        settings.http_connect_timeout,
-        settings.worker_concurrency,
-        EndpointPolicy.from_settings(settings),
-        settings.ca_bundle,
+    """Wire a Worker from settings; its resources live and close on its own loop."""
+    worker = Worker(settings, lifecycle)
+    return Wired(
+        worker,
+        lambda: None,
+        async_readiness(lambda: getattr(worker.windows, "pool", None), lifecycle),
     )
-    runner = WindowRunner(
-        pool,
-        sender,
-        batch_size=settings.batch_size,
-        lease_seconds=settings.lease_seconds,
-        workstation=settings.sender_name,
-        checkpoint_batches=settings.checkpoint_batches,
-    )
-    worker = Worker(
-        Broker(settings.broker_url, settings.queue_prefix, settings.broker_heartbeat),
-        runner,
-        lifecycle,
-        concurrency=settings.worker_concurrency,
-        shutdown_timeout=settings.shutdown_timeout,
-    )
-
-    def close() -> None:
-        sender.close()
-        pool.close()
-
-    return Wired(worker, close, readiness(pool, lifecycle))

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import logging
+import threading
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import kombu
 import psycopg
 import pytest
 
-from apievents.common import subscriptions
-from apievents.common.broker import Broker, StreamPublisher
+from apievents.common import db, subscriptions
+from apievents.common.lifecycle import Lifecycle
 from apievents.common.messages import new_id
 from apievents.common.ssrf import EndpointPolicy
+from apievents.common.topology import JOBS
 from apievents.producer.claim import claim_due
+from apievents.producer.service import Producer, ProducerConfig
 from tests.integration.conftest import caught_up, insert_appointments, state, subscribe
+from tests.integration.test_broker import publish
 from tests.support import stays, wait_for
 from tests.support.receiver import Receiver, Trickle, sleep_then
 from tests.support.services import BROKER_URL, Pipeline, fast_settings
@@ -30,16 +36,16 @@ def claim(conn: psycopg.Connection[Any], num: int) -> tuple[Any, Any]:
 
 
 def queued(prefix: str) -> int:
-    with Broker(BROKER_URL, prefix).connection() as c:
+    with kombu.Connection(BROKER_URL) as c:
         return int(c.default_channel.queue_declare(f"{prefix}.jobs", passive=True).message_count)
 
 
 def test_a_receiver_trickling_its_answer_is_cut_at_the_deadline(
     database_url: str, prefix: str, conn: psycopg.Connection[Any], receiver: Receiver
 ) -> None:
-    # Each byte arrives well within the answer timeout, but the whole answer takes ~20 s:
+    # Each byte arrives well within the answer timeout, but the whole answer takes ~12 s:
     # longer than the lease. The POST must end at its deadline, before the lease does.
-    receiver.behaviours["/t"] = lambda n: Trickle(0.3) if n == 0 else 200
+    receiver.behaviours["/t"] = lambda n: Trickle(0.05) if n == 0 else 200
     num = subscribe(conn, receiver.url("/t"))
     keys = insert_appointments(conn, 3)
     settings = fast_settings(
@@ -74,8 +80,7 @@ def test_a_redelivered_job_never_takes_over_a_live_claim(
     caplog.set_level(logging.INFO)
     pipeline.start("worker")
     pipeline.start("committer")
-    with Broker(BROKER_URL, prefix).connection() as c:  # the broker hands the job on again
-        Broker(BROKER_URL, prefix).stream_publisher(c).publish_all([job.to_bytes()], "jobs")
+    publish(prefix, [job.to_bytes()], JOBS)  # the broker hands the job on again
     wait_for(
         lambda: any(r.getMessage() == "claim_busy" for r in caplog.records),
         30,
@@ -126,28 +131,31 @@ def test_an_edit_mid_post_never_starts_a_second_post(
 
 
 def test_a_publish_whose_confirm_times_out_keeps_its_claim(
+    database_url: str,
+    prefix: str,
     conn: psycopg.Connection[Any],
     pipeline: Pipeline,
     receiver: Receiver,
-    prefix: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The broker may have routed a job whose confirm did not come in time: its claim must stay,
-    # or the window would be issued twice and sent by two workers at once.
-    hurried = StreamPublisher.publish_all
-
-    def no_wait(self: StreamPublisher, bodies: list[bytes], key: str, timeout: float = 0) -> None:
-        hurried(self, bodies, key, timeout=0)
-
-    monkeypatch.setattr(StreamPublisher, "publish_all", no_wait)
+    # or the window would be issued twice and sent by two workers at once. A confirm timeout
+    # of 0 makes every publish time out, though RabbitMQ routes every job.
     num = subscribe(conn, receiver.url())
     keys = insert_appointments(conn, 2)
-    pipeline.start("producer")
-    wait_for(lambda: claim(conn, num)[0] is not None, 30, "a claim")
-    job = claim(conn, num)[0]
-    stays(lambda: claim(conn, num)[0] == job, 1.5, "the claim of the published job")
-    assert queued(prefix) == 1
-    monkeypatch.undo()
+    settings = fast_settings(database_url, prefix)
+    lifecycle = Lifecycle()
+    config = replace(ProducerConfig.from_settings(settings), confirm_timeout=0)
+    with db.pool(database_url, 2, "test-producer") as pool:
+        producer = threading.Thread(target=Producer(config, pool, lifecycle).run)
+        producer.start()
+        try:
+            wait_for(lambda: claim(conn, num)[0] is not None, 30, "a claim")
+            job = claim(conn, num)[0]
+            stays(lambda: claim(conn, num)[0] == job, 1.5, "the claim of the published job")
+            assert queued(prefix) == 1
+        finally:
+            lifecycle.stop.set()
+            producer.join(30)
     pipeline.start("worker")
     pipeline.start("committer")
     wait_for(lambda: caught_up(conn, num, keys), 30, "delivery of the one job")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +56,14 @@ def sleep_then(seconds: float, code: int = 200) -> Behaviour:
     return behave
 
 
+def _hung_up(conn: socket.socket) -> bool:
+    readable, _, _ = select.select([conn], [], [], 0)
+    try:
+        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 class Receiver:
     """Start with ``with Receiver() as r:``; ``r.url('/a')`` is an endpoint."""
 
@@ -64,6 +74,7 @@ class Receiver:
         self._active: dict[str, int] = {}
         self.max_concurrent: dict[str, int] = {}
         self.spans: list[tuple[str, float, float]] = []  # (path, first byte in, answer done)
+        self._open: dict[int, tuple[str, float]] = {}  # POSTs being answered: (path, start)
         self._lock = threading.Lock()
         receiver = self
 
@@ -81,11 +92,13 @@ class Receiver:
                     receiver._active[self.path] = active
                     top = max(active, receiver.max_concurrent.get(self.path, 0))
                     receiver.max_concurrent[self.path] = top
+                    receiver._open[id(self)] = (self.path, started)
                 try:
                     self._answer(behave(n), body)
                 finally:
                     with receiver._lock:
                         receiver._active[self.path] -= 1
+                        del receiver._open[id(self)]
                         receiver.spans.append((self.path, started, time.monotonic()))
 
             def _answer(self, answer: int | str | Reply | Trickle, body: bytes) -> None:
@@ -114,7 +127,12 @@ class Receiver:
                     self.close_connection = True  # the client gave up (its timeout)
 
             def _trickle(self, seconds: float) -> None:
-                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Slow: aaaaaaaaaa\r\n\r\nok":
+                """Until the client hangs up: its span ends when it does, not at a failed write."""
+                answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Slow: " + b"a" * 200
+                for byte in answer + b"\r\n\r\nok":
+                    if _hung_up(self.connection):
+                        self.close_connection = True
+                        return
                     self.wfile.write(bytes([byte]))
                     self.wfile.flush()
                     time.sleep(seconds)
@@ -138,7 +156,9 @@ class Receiver:
     def overlapping(self, *paths: str) -> list[tuple[float, float]]:
         """Pairs of POST spans (to any of ``paths``) that were in flight at the same time."""
         with self._lock:
-            spans = sorted((s, e) for p, s, e in self.spans if p in paths)
+            now = time.monotonic()  # a POST still being answered is in flight until now
+            spans = [(s, e) for p, s, e in self.spans if p in paths]
+            spans = sorted(spans + [(s, now) for p, s in self._open.values() if p in paths])
         found, latest = [], float("-inf")
         for start, end in spans:
             if start < latest:

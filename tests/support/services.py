@@ -19,10 +19,10 @@ import kombu
 import psycopg
 
 from apievents.common import db
-from apievents.common.broker import Broker
 from apievents.common.lifecycle import Lifecycle
 from apievents.common.migrate import migrate
 from apievents.common.settings import Settings
+from apievents.common.topology import Topology
 
 ADMIN_URL = os.environ.get(
     "APIEVENTS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -76,13 +76,13 @@ def queue_prefix() -> Iterator[str]:
 
 def delete_topology(prefix: str) -> None:
     """Delete the queues and exchanges a test's services declared under ``prefix``."""
-    topology = Broker(BROKER_URL, prefix).topology
+    topology = Topology(prefix)
     with kombu.Connection(BROKER_URL) as conn:
         channel = conn.channel()
         for q in topology.queues():
             channel.queue_delete(q.name)
-        for ex in (topology.exchange, topology.dead_exchange):
-            channel.exchange_delete(ex.name)
+        for name in (topology.exchange, topology.dead_exchange):
+            channel.exchange_delete(name)
 
 
 def fast_settings(database_url: str, prefix: str, **overrides: Any) -> Settings:

@@ -1,139 +1,170 @@
-"""The worker's ack discipline, on kombu's memory transport with a scripted window runner.
+"""The worker's ack discipline, on kombu's memory transport with scripted windows.
 
-The runner is a fake of pure logic (what a window ended as); no database or RabbitMQ behaviour
-is claimed here. Delivery itself is proven in tests/integration against the real servers.
+The windows are a fake of pure logic (what each window ended as); no database or RabbitMQ
+behaviour is claimed here. Delivery itself is proven in tests/integration against the real
+servers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import kombu
 import pytest
 
-from apievents.common.broker import Broker
 from apievents.common.lifecycle import Lifecycle
-from apievents.common.messages import Job, Outcome, new_id
+from apievents.common.messages import Job, Outcome, new_id, parse_reports
+from apievents.common.settings import Settings
+from apievents.common.topology import Topology
+from apievents.worker.delivery import Disposition
 from apievents.worker.service import Worker
-from apievents.worker.window import Disposition
+from apievents.worker.windows import Result
 from tests.support import wait_for
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+URL = "memory://"
 
 
-class ScriptedRunner:
+class ScriptedWindows:
+    """Each subscription's window ends as scripted: "ok", a Disposition, or after ``hold``."""
+
     def __init__(self, results: dict[int, Any], hold: threading.Event | None = None) -> None:
         self.results = results
         self.hold = hold
         self.seen: list[int] = []
+        self.batches: list[int] = []
+        self.handed_back: list[int] = []
 
-    def run(self, job: Job, abort: threading.Event, report: Any) -> Outcome | Disposition:
+    async def start(self, jobs: Sequence[Job]) -> dict[str, asyncio.Future[Result]]:
+        self.batches.append(len(jobs))
+        return {j.job_id: asyncio.ensure_future(self._run(j)) for j in jobs}
+
+    async def _run(self, job: Job) -> Result:
         self.seen.append(job.subscription)
-        if self.hold is not None:
-            while not (self.hold.is_set() or abort.is_set()):
-                abort.wait(0.01)
+        while self.hold is not None and not self.hold.is_set():
+            await asyncio.sleep(0.01)
         result = self.results[job.subscription]
-        if result == "ok":
-            return Outcome(
-                job.job_id,
-                new_id(),
-                job.subscription,
-                job.window_start,
-                job.window_end,
-                job.failures,
-                ok=True,
-                rows=1,
-                batches=1,
-            )
-        return result  # type: ignore[no-any-return]
+        if result != "ok":
+            return result  # type: ignore[no-any-return]
+        return Outcome(
+            job.job_id, new_id(), job.subscription, job.window_start, job.window_end, 0, ok=True
+        )
+
+    async def hand_back(self, jobs: Sequence[Job]) -> None:
+        self.handed_back += [j.subscription for j in jobs]
+
+    async def close(self) -> None:
+        pass
 
 
 @pytest.fixture
-def broker() -> Broker:
-    return Broker("memory://", f"unit.{uuid.uuid4().hex[:8]}")
+def prefix() -> str:
+    return f"unit.{uuid.uuid4().hex[:8]}"
 
 
-def publish(broker: Broker, body: bytes) -> None:
-    with broker.connection() as conn:
-        broker.stream_publisher(conn).publish_all([body], "jobs")
+def publish(prefix: str, body: bytes) -> None:
+    with kombu.Connection(URL) as conn:  # declared first: a job before the worker is kept
+        exchange = kombu.Exchange(Topology(prefix).exchange, type="direct", durable=True)
+        queue = Topology(prefix).queue("jobs")
+        kombu.Queue(queue.name, exchange, routing_key="jobs")(conn.channel()).declare()
+        kombu.Producer(conn.channel(), exchange=exchange).publish(
+            body, routing_key="jobs", serializer=None
+        )
 
 
-def drain_queue(broker: Broker, name: str) -> list[bytes]:
-    out = []
-    with broker.connection() as conn:
-        channel = conn.default_channel
-        while (m := channel.basic_get(f"{broker.topology.prefix}.{name}", no_ack=True)) is not None:
-            out.append(m.body)
-    return out
+def drain_queue(prefix: str, role: str) -> list[bytes]:
+    bodies = []
+    with kombu.Connection(URL) as conn:
+        channel = conn.channel()
+        while (m := channel.basic_get(Topology(prefix).queue(role).name, no_ack=True)) is not None:
+            bodies.append(m.body if isinstance(m.body, bytes) else m.body.encode())
+    return bodies
 
 
 @pytest.fixture
-def run_worker(broker: Broker) -> Iterator[Any]:
+def run_worker(prefix: str) -> Iterator[Callable[..., Lifecycle]]:
     started: list[tuple[Lifecycle, threading.Thread]] = []
 
-    def start(runner: ScriptedRunner, shutdown_timeout: float = 5) -> Lifecycle:
+    def start(windows: ScriptedWindows, **overrides: Any) -> Lifecycle:
+        settings = replace(Settings(broker_url=URL, queue_prefix=prefix), **overrides)
         lifecycle = Lifecycle()
-        worker = Worker(
-            broker,
-            runner,
-            lifecycle,
-            concurrency=4,  # type: ignore[arg-type]
-            shutdown_timeout=shutdown_timeout,
-        )
+
+        async def scripted(s: Settings, report: Any) -> ScriptedWindows:
+            return windows
+
+        worker = Worker(settings, lifecycle, scripted)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         started.append((lifecycle, thread))
+        wait_for(lifecycle.connected.is_set, 5, "the worker's session")
         return lifecycle
 
     yield start
     for lifecycle, thread in started:
         lifecycle.stop.set()
         thread.join(10)
+        assert not thread.is_alive()
 
 
 def job(sub: int) -> bytes:
     return Job(new_id(), sub, T0, T0).to_bytes()
 
 
-def test_outcome_is_handed_on_then_job_acked(broker: Broker, run_worker: Any) -> None:
-    runner = ScriptedRunner({1: "ok", 2: Disposition.STALE})
-    lifecycle = run_worker(runner)
-    publish(broker, job(2))
-    publish(broker, job(1))
+def stop(lifecycle: Lifecycle) -> None:
+    lifecycle.stop.set()
+    wait_for(lambda: not lifecycle.connected.is_set(), 10, "the worker to stop")
+
+
+def test_outcome_is_handed_on_then_job_acked(prefix: str, run_worker: Any) -> None:
+    windows = ScriptedWindows({1: "ok", 2: Disposition.STALE})
+    lifecycle = run_worker(windows)
+    publish(prefix, job(2))
+    publish(prefix, job(1))
     bodies: list[bytes] = []
-    wait_for(lambda: bodies.extend(drain_queue(broker, "outcomes")) or bodies, 5, "an outcome")
-    lifecycle.stop.set()
-    assert [Outcome.from_bytes(b).subscription for b in bodies] == [1]
-    assert sorted(runner.seen) == [1, 2]
-    assert drain_queue(broker, "jobs") == []  # both acked: nothing came back on stop
+    wait_for(lambda: bodies.extend(drain_queue(prefix, "outcomes")) or bodies, 5, "an outcome")
+    stop(lifecycle)
+    assert [r.subscription for b in bodies for r in parse_reports(b)] == [1]
+    assert sorted(windows.seen) == [1, 2]
+    assert drain_queue(prefix, "jobs") == []  # both acked: nothing came back on stop
 
 
-def test_requeue_gives_the_job_back(broker: Broker, run_worker: Any) -> None:
-    runner = ScriptedRunner({3: Disposition.REQUEUE})
-    run_worker(runner)
-    publish(broker, job(3))
-    wait_for(lambda: runner.seen.count(3) >= 2, 5, "redelivery after requeue")
+def test_ready_jobs_start_together_in_one_batch(prefix: str, run_worker: Any) -> None:
+    for sub in range(10, 20):
+        publish(prefix, job(sub))
+    windows = ScriptedWindows(dict.fromkeys(range(10, 20), "ok"))
+    run_worker(windows, worker_linger_seconds=0.2)
+    wait_for(lambda: len(windows.seen) == 10, 5, "every job")
+    assert windows.batches == [10]
 
 
-def test_unparseable_job_is_rejected_not_retried(broker: Broker, run_worker: Any) -> None:
-    runner = ScriptedRunner({4: "ok"})
-    run_worker(runner)
-    publish(broker, b"{garbage")
-    publish(broker, job(4))
-    wait_for(lambda: runner.seen == [4], 5, "the good job after the bad one")
-    assert drain_queue(broker, "jobs") == []
+def test_requeue_gives_the_job_back(prefix: str, run_worker: Any) -> None:
+    windows = ScriptedWindows({3: Disposition.REQUEUE})
+    run_worker(windows)
+    publish(prefix, job(3))
+    wait_for(lambda: windows.seen.count(3) >= 2, 5, "redelivery after requeue")
 
 
-def test_shutdown_hands_back_windows_that_outlive_the_timeout(
-    broker: Broker, run_worker: Any
-) -> None:
-    runner = ScriptedRunner({5: "ok"}, hold=threading.Event())
-    lifecycle = run_worker(runner, shutdown_timeout=0.2)
-    publish(broker, job(5))
-    wait_for(lambda: runner.seen == [5], 5, "job started")
-    lifecycle.stop.set()
-    wait_for(lambda: len(drain_queue(broker, "jobs")) == 1, 5, "job handed back")
-    assert drain_queue(broker, "outcomes") == []
+def test_unparseable_job_is_rejected_not_retried(prefix: str, run_worker: Any) -> None:
+    windows = ScriptedWindows({4: "ok"})
+    run_worker(windows)
+    publish(prefix, b"{garbage")
+    publish(prefix, job(4))
+    wait_for(lambda: windows.seen == [4], 5, "the good job after the bad one")
+    assert drain_queue(prefix, "jobs") == []
+
+
+def test_shutdown_hands_back_windows_that_outlive_the_timeout(prefix: str, run_worker: Any) -> None:
+    windows = ScriptedWindows({5: "ok"}, hold=threading.Event())
+    lifecycle = run_worker(windows, shutdown_timeout=0.2)
+    publish(prefix, job(5))
+    wait_for(lambda: windows.seen == [5], 5, "job started")
+    stop(lifecycle)
+    assert windows.handed_back == [5]  # stepped down as holder: no POST is in flight
+    wait_for(lambda: len(drain_queue(prefix, "jobs")) == 1, 5, "job handed back")
+    assert drain_queue(prefix, "outcomes") == []

@@ -1,0 +1,141 @@
+"""Windows in batches: one take-over, shared table reads, and isolation between windows."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from apievents.common.topology import JOBS
+from apievents.producer.claim import claim_due
+from apievents.worker import reads
+from tests.integration.conftest import caught_up, date_time_start, insert_appointments, subscribe
+from tests.integration.test_broker import publish
+from tests.support import wait_for
+from tests.support.receiver import Receiver, sleep_then
+from tests.support.services import Pipeline, fast_settings
+
+
+def stamps(conn: psycopg.Connection[Any], keys: list[int]) -> list[Any]:
+    cur = conn.execute(
+        "SELECT datetstamp FROM appointment WHERE aptnum = ANY(%s) ORDER BY aptnum", (keys,)
+    )
+    return [r[0] for r in cur.fetchall()]
+
+
+def test_a_stale_claim_in_a_batch_is_dropped_and_the_rest_delivered(
+    conn: psycopg.Connection[Any],
+    prefix: str,
+    pipeline: Pipeline,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nums = [subscribe(conn, receiver.url(f"/b{i}")) for i in range(3)]
+    keys = insert_appointments(conn, 4)
+    jobs = claim_due(conn, 10, 60, timedelta(0)).jobs
+    assert sorted(j.subscription for j in jobs) == nums
+    stale = nums[1]  # its window was issued again under another job: this one moved on
+    conn.execute(
+        "UPDATE apievents.subscription SET claim_job = %s WHERE subscription_num = %s",
+        (str(uuid.uuid4()), stale),
+    )
+    caplog.set_level(logging.INFO)
+    pipeline.start("worker")
+    pipeline.start("committer")
+    publish(prefix, [j.to_bytes() for j in jobs], JOBS)  # one burst: one batch
+    for i in (0, 2):
+        wait_for(lambda i=i: caught_up(conn, nums[i], keys), 30, f"subscription {i}")  # type: ignore[misc]
+        assert [r["AptNum"] for r in receiver.delivered(f"/b{i}")] == keys
+    wait_for(lambda: any(r.getMessage() == "job_stale" for r in caplog.records), 10)
+    assert receiver.batches("/b1") == []
+
+
+def test_a_shared_read_gives_each_window_exactly_its_own_rows(
+    conn: psycopg.Connection[Any],
+    database_url: str,
+    prefix: str,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = insert_appointments(conn, 10, one_transaction=False)  # ten distinct DateTStamps
+    third = stamps(conn, keys)[2]
+    behind = subscribe(conn, receiver.url("/behind"), date_time_start="2020-01-01T00:00:00Z")
+    ahead = subscribe(conn, receiver.url("/ahead"), date_time_start=third.isoformat())
+    splits: list[set[int]] = []
+    real = reads.split
+
+    def watched(read: reads.SharedRead, found: Any, limit: int) -> Any:
+        splits.append({j.subscription for j in read.jobs})
+        return real(read, found, limit)
+
+    monkeypatch.setattr(reads, "split", watched)
+    p = Pipeline(fast_settings(database_url, prefix, worker_linger_seconds=0.3)).start_all()
+    try:
+        wait_for(lambda: caught_up(conn, behind, keys) and caught_up(conn, ahead, keys), 30)
+    finally:
+        p.stop_all()
+    assert [r["AptNum"] for r in receiver.delivered("/behind")] == keys
+    assert [r["AptNum"] for r in receiver.delivered("/ahead")] == keys[3:]
+    assert {behind, ahead} in splits  # one read served both windows
+
+
+def test_a_hanging_endpoint_in_a_batch_delays_no_other_window(
+    database_url: str, prefix: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    receiver.behaviours["/hang"] = sleep_then(6)
+    hanging = subscribe(conn, receiver.url("/hang"))
+    healthy = [subscribe(conn, receiver.url(f"/ok{i}")) for i in range(5)]
+    start = date_time_start(conn, hanging)
+    keys = insert_appointments(conn, 2)
+    settings = fast_settings(
+        database_url, prefix, http_timeout=10, lease_seconds=15, worker_linger_seconds=0.3
+    )
+    p = Pipeline(settings).start_all()
+    try:
+        wait_for(lambda: receiver.active("/hang") == 1, 30, "the hanging POST")
+        # Every healthy outcome is applied while the hanging POST is still in flight.
+        for num in healthy:
+            wait_for(lambda num=num: caught_up(conn, num, keys), 5, f"subscription {num}")  # type: ignore[misc]
+        assert receiver.active("/hang") == 1
+        assert date_time_start(conn, hanging) == start
+        wait_for(lambda: caught_up(conn, hanging, keys), 30, "the slow one, in the end")
+    finally:
+        p.stop_all()
+
+
+def test_the_producer_claims_and_publishes_10000_due_subscriptions_in_one_tick(
+    conn: psycopg.Connection[Any], database_url: str, prefix: str
+) -> None:
+    from apievents.common import broker, db
+    from apievents.common.lifecycle import Lifecycle
+    from apievents.producer.service import Producer, ProducerConfig
+
+    conn.execute(
+        "INSERT INTO apievents.subscription (endpoint_url, watch_table, polling_seconds, "
+        "date_time_start, secret) SELECT 'http://127.0.0.1:9/' || g, 'Appointment', 1, "
+        "now() - interval '1 minute', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' "
+        "FROM generate_series(1, 10000) g"
+    )
+    insert_appointments(conn, 1)
+    config = ProducerConfig.from_settings(fast_settings(database_url, prefix))
+
+    async def one_tick(producer: Producer) -> int:
+        session = await broker.connect(config.broker_url, prefix)
+        try:
+            claimed = producer.tick()
+            await producer.publish(session, claimed.jobs)
+            return len(claimed.jobs)
+        finally:
+            await session.close()
+
+    import asyncio
+
+    with db.pool(database_url, 2, "test-producer") as pool:
+        assert asyncio.run(one_tick(Producer(config, pool, Lifecycle()))) == 10_000
+    from tests.integration.test_single_flight import queued
+
+    assert queued(prefix) == 10_000

@@ -1,0 +1,223 @@
+"""Delivering one taken-over window: page, extend the lease, POST, checkpoint, report.
+
+A window stops at the first answer that is not 200. Its outcome carries the position of its
+last row answered 200, so a failure after progress keeps that progress. Every
+``checkpoint_batches`` batches a Checkpoint is handed on, so a worker that dies resends at
+most that many. The lease is extended right before every POST but the first (the take-over
+set it), so a window whose claim moved on (an edit revoked it, another worker took it over
+after the lease ran out) never sends another batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from apievents.common import metrics, queries
+from apievents.common.broker import TRANSIENT_ERRORS
+from apievents.common.logs import error_text
+from apievents.common.messages import Checkpoint, Outcome
+from apievents.worker import reads, rows
+from apievents.worker.reads import FirstPage, Row
+from apievents.worker.sender import Answer, Sender
+from apievents.worker.takeover import Target
+
+log = logging.getLogger(__name__)
+
+
+class Disposition(enum.Enum):
+    """What to do with a job message when there is no outcome to hand on."""
+
+    STALE = "stale"  # the claim moved on (superseded, paused, removed): ack and drop
+    REQUEUE = "requeue"  # database trouble or shutdown: hand the job back to the broker
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every window of a worker shares."""
+
+    pool: AsyncConnectionPool
+    sender: Sender
+    batch_size: int
+    lease: float
+    workstation: str
+    checkpoint_batches: int
+    report: Callable[[Checkpoint], None]
+
+
+class _LostClaim(Exception):
+    """The lease could not be extended: the claim was revoked, taken over, or is gone."""
+
+
+async def deliver(ctx: Context, target: Target, first: FirstPage | None) -> Outcome | Disposition:
+    """Run the window to an Outcome; a Disposition only when there is nothing to report."""
+    window = _Window(ctx, target)
+    try:
+        return await window.run(first)
+    except _LostClaim:
+        # Report it: if an edit revoked the claim, the committer drops it now rather than
+        # when the lease runs out. Any other loss makes this outcome stale.
+        log.info("claim_lost", extra=_fields(target))
+        return window.outcome(Answer(False, None, "stopped", "claim lost"))
+    except TRANSIENT_ERRORS as e:
+        log.warning("window_requeued", extra=_fields(target) | {"error": error_text(e)})
+        await asyncio.sleep(1.0)  # no hot loop while the database is away
+        return Disposition.REQUEUE
+    except asyncio.CancelledError:
+        raise
+    except psycopg.Error as e:  # a dropped table, a permission: the subscription backs off
+        return window.outcome(Answer(False, None, "database", error_text(e)))
+    except rows.RowEncodingError as e:
+        return window.outcome(Answer(False, None, "serialization", error_text(e)))
+    except Exception as e:  # contained: a failure on this subscription, never a requeue loop
+        log.exception("window_failed", extra=_fields(target))
+        return window.outcome(Answer(False, None, "internal", error_text(e)))
+    finally:
+        window._cancel_read()
+
+
+class _Window:
+    def __init__(self, ctx: Context, target: Target) -> None:
+        self.ctx = ctx
+        self.t = target
+        self.wt = target.watch_table
+        self.sent = self.batches = 0
+        self.position: tuple[Any, Any] | None = None  # of the last row answered 200
+        self.seq = target.seq
+        self.attempts: list[dict[str, Any]] = []
+        self._next: asyncio.Task[list[Row]] | None = None
+
+    async def run(self, first: FirstPage | None) -> Outcome:
+        more = first is None or not first.complete
+        if first is None or not (first.rows or first.complete):
+            page, first = await self._read(self._resume_after()), None
+        else:
+            page = first.rows
+        while page:
+            full = len(page) == self.ctx.batch_size
+            if more and (full or first is not None):  # read on while this page is sent
+                self._next = asyncio.create_task(self._read(rows.position(page[-1])))
+            if self.batches:
+                await self._extend_lease()
+            answer = await self._post(page)
+            if not answer.ok:
+                self._cancel_read()
+                return self.outcome(answer)
+            self._delivered(page)
+            if self._next is None:
+                break
+            page, self._next, first = await self._next, None, None
+            more = len(page) == self.ctx.batch_size
+        return self.outcome(Answer(True, 200))
+
+    def _resume_after(self) -> tuple[Any, Any] | None:
+        """Where a window without a shared first page starts: its cursor, or its start."""
+        return (self.t.start, self.t.cursor_key) if self.t.cursor_key is not None else None
+
+    async def _read(self, after: tuple[Any, Any] | None) -> list[Row]:
+        return await reads.page(
+            self.ctx.pool, self.wt, self.t.start, self.t.job.window_end, after, self.ctx.batch_size
+        )
+
+    async def _extend_lease(self) -> None:
+        params = self.t.claim | {"lease": self.ctx.lease}
+        async with self.ctx.pool.connection() as conn:
+            if (await conn.execute(queries.EXTEND_LEASE, params)).rowcount != 1:
+                self._cancel_read()
+                raise _LostClaim
+
+    async def _post(self, page: list[Row]) -> Answer:
+        body = rows.encode(self.wt, page)
+        headers = self.t.headers(body, self.ctx.workstation)
+        answer = await self.ctx.sender.post(self.t.endpoint_url, body, headers)
+        metrics.DELIVERIES.labels(answer.outcome).inc()
+        metrics.DELIVERY_DURATION.observe(answer.seconds)
+        self.attempts.append(
+            {
+                "batch": self.batches + 1,
+                "rows": len(page),
+                "http_status": answer.http_status,
+                "latency_ms": round(answer.seconds * 1000),
+                "error_class": answer.error_class,
+            }
+        )
+        if not answer.ok:
+            log.info(
+                "batch_failed",
+                extra=_fields(self.t)
+                | {
+                    "batch": self.batches + 1,
+                    "http_status": answer.http_status,
+                    "error_class": answer.error_class,
+                },
+            )
+        return answer
+
+    def _delivered(self, page: list[Row]) -> None:
+        self.sent += len(page)
+        self.batches += 1
+        self.position = rows.position(page[-1])
+        metrics.ROWS_DELIVERED.inc(len(page))
+        if self.batches % self.ctx.checkpoint_batches == 0 and self._next is not None:
+            self.seq += 1
+            ts, key = self.position
+            job = self.t.job
+            attempts, self.attempts = tuple(self.attempts), []
+            self.ctx.report(
+                Checkpoint(
+                    job.job_id,
+                    self.t.holder,
+                    job.subscription,
+                    self.seq,
+                    ts,
+                    str(key),
+                    self.sent,
+                    job.window_start,
+                    job.window_end,
+                    attempts,
+                )
+            )
+
+    def _cancel_read(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
+
+    def outcome(self, answer: Answer) -> Outcome:
+        """The window's outcome, with its attempt-log rows not yet handed on."""
+        self._cancel_read()
+        job, failed_after = self.t.job, self.position if not answer.ok else None
+        return Outcome(
+            job_id=job.job_id,
+            holder=self.t.holder,
+            subscription=job.subscription,
+            window_start=job.window_start,
+            window_end=job.window_end,
+            failures=job.failures,
+            ok=answer.ok,
+            rows=self.sent,
+            batches=self.batches,
+            http_status=answer.http_status,
+            error_class=answer.error_class,
+            error=answer.error,
+            retry_after=answer.retry_after,
+            position_ts=failed_after[0] if failed_after else None,
+            position_key=str(failed_after[1]) if failed_after else None,
+            attempts=tuple(self.attempts),
+        )
+
+
+def _fields(t: Target) -> dict[str, Any]:
+    return {
+        "subscription": t.job.subscription,
+        "job": t.job.job_id,
+        "window_start": t.job.window_start.isoformat(),
+        "window_end": t.job.window_end.isoformat(),
+    }

@@ -20,6 +20,10 @@ WATERMARK_HOLD = Gauge(
     "apievents_watermark_hold_seconds",
     "How far open transactions (and the safety margin) hold window ends behind the DB clock.",
 )
+DEAD_LETTERS = Gauge(
+    "apievents_dead_letter_messages",
+    "Messages in the dead-letter queue (it keeps the newest 10,000).",
+)
 DELIVERIES = Counter("apievents_deliveries", "Webhook POSTs by outcome.", ["outcome"])
 ROWS_DELIVERED = Counter("apievents_rows_delivered", "Rows answered with 200 OK.")
 DELIVERY_DURATION = Histogram(

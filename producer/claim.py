@@ -30,19 +30,25 @@ class Claimed:
 
 
 def claim_due(
-    conn: psycopg.Connection[Any], limit: int, lease_seconds: float, margin: timedelta
+    conn: psycopg.Connection[Any],
+    limit: int,
+    lease_seconds: float,
+    margin: timedelta,
+    per_customer: int = 0,
 ) -> Claimed:
     """Claim up to ``limit`` due subscriptions in one transaction.
 
     The window end is read from the database server's clock and bounded by every write that
     can still commit (common/watermark.py). A subscription whose table has nothing newer than
     its position gets no job: its DateTimeStart moves to the window end, and it is looked at
-    again after PollingSeconds.
+    again after PollingSeconds. No customer gets more than ``per_customer`` windows in flight
+    (0: no cap).
     """
     with conn.transaction():
         horizon = watermark.read(conn, margin)
         end = horizon.end
-        due = conn.execute(queries.DUE_FOR_UPDATE, (limit,)).fetchall()
+        params = {"limit": limit, "cap": per_customer}
+        due = conn.execute(queries.DUE_FOR_UPDATE, params).fetchall()
         if not due:
             return Claimed(0, [], horizon)
         watermark.advance(conn, end)

@@ -96,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
 
     wt = commands.add_parser("watch-tables", help="Manage the WatchTable registry.")
     wt_cmds = wt.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = _leaf(wt_cmds, "add", "Register a table so subscriptions can watch it.", _wt_add)
+    p = _leaf(
+        wt_cmds, "add", "Register a table so subscriptions can watch it.", _wt_add, "watch-tables"
+    )
     p.add_argument("--name", required=True, help="WatchTable name, e.g. Procedure.")
     p.add_argument("--table", required=True, help="Table, optionally schema-qualified.")
     p.add_argument("--key-column", required=True, help="Unique key column (tie-breaker).")
@@ -119,23 +121,37 @@ def _parser() -> argparse.ArgumentParser:
         "and UPDATE must then set it to now() (the transaction's start) itself; a change that "
         "does not, or sets any other time, can be delivered late or never.",
     )
-    _leaf(wt_cmds, "list", "List registered WatchTables.", _wt_list)
-    p = _leaf(wt_cmds, "remove", "Unregister a WatchTable no subscription uses.", _wt_remove)
+    _leaf(wt_cmds, "list", "List registered WatchTables.", _wt_list, "watch-tables")
+    p = _leaf(
+        wt_cmds,
+        "remove",
+        "Unregister a WatchTable no subscription uses.",
+        _wt_remove,
+        "watch-tables",
+    )
     p.add_argument("name", help="WatchTable name.")
 
     sub = commands.add_parser("subscriptions", help="Manage subscriptions (JSON output).")
     sub_cmds = sub.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = _leaf(sub_cmds, "add", "Create a subscription and print it.", _sub_add)
+    p = _leaf(sub_cmds, "add", "Create a subscription and print it.", _sub_add, "subscriptions")
     _subscription_flags(p)
-    _leaf(sub_cmds, "list", "Print all subscriptions as a JSON array.", _sub_list)
+    _leaf(sub_cmds, "list", "Print all subscriptions as a JSON array.", _sub_list, "subscriptions")
     for name, text, fn in [
         ("show", "Print one subscription.", _sub_show),
         ("pause", "Stop deliveries until resumed; nothing is skipped.", _sub_pause),
         ("resume", "Re-enable a paused or disabled subscription.", _sub_resume),
         ("remove", "Delete a subscription and print what was deleted.", _sub_remove),
     ]:
-        _leaf(sub_cmds, name, text, fn).add_argument("num", type=int, help="SubscriptionNum.")
-    p = _leaf(sub_cmds, "attempts", "Print recent delivery attempts, newest first.", _sub_attempts)
+        _leaf(sub_cmds, name, text, fn, "subscriptions").add_argument(
+            "num", type=int, help="SubscriptionNum."
+        )
+    p = _leaf(
+        sub_cmds,
+        "attempts",
+        "Print recent delivery attempts, newest first.",
+        _sub_attempts,
+        "subscriptions",
+    )
     p.add_argument("num", type=int, help="SubscriptionNum.")
     p.add_argument("--limit", type=int, default=100, help="How many (default 100).")
     p = _leaf(
@@ -143,10 +159,11 @@ def _parser() -> argparse.ArgumentParser:
         "rewind",
         "Re-send everything changed since a time; safe while deliveries run.",
         _sub_rewind,
+        "subscriptions",
     )
     p.add_argument("num", type=int, help="SubscriptionNum.")
     p.add_argument("--to", required=True, help="ISO 8601 time, not later than DateTimeStart.")
-    p = _leaf(sub_cmds, "update", "Change the named fields only.", _sub_update)
+    p = _leaf(sub_cmds, "update", "Change the named fields only.", _sub_update, "subscriptions")
     p.add_argument("num", type=int, help="SubscriptionNum.")
     _subscription_flags(p)
 
@@ -154,14 +171,26 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("api-keys", help="Manage API keys (stored hashed).")
     key_cmds = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = _leaf(
-        key_cmds, "create", "Create a key for a customer; it is printed only now.", _key_create
+        key_cmds,
+        "create",
+        "Create a key for a customer; it is printed only now.",
+        _key_create,
+        "api-keys",
     )
     p.add_argument("--customer-key", required=True, help="The CustomerKey the key acts for.")
-    p = _leaf(key_cmds, "revoke", "Revoke one key, or every key of a customer.", _key_revoke)
+    p = _leaf(
+        key_cmds, "revoke", "Revoke one key, or every key of a customer.", _key_revoke, "api-keys"
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--api-key", help="The key to revoke.")
     which.add_argument("--customer-key", help="Revoke every key of this CustomerKey.")
-    _leaf(key_cmds, "list", "List keys (numbers, customers, dates; never the keys).", _key_list)
+    _leaf(
+        key_cmds,
+        "list",
+        "List keys (numbers, customers, dates; never the keys).",
+        _key_list,
+        "api-keys",
+    )
 
     p = _leaf(commands, "run", "Run several services in one process.", _run)
     p.add_argument(
@@ -203,11 +232,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _leaf(
-    parent: Any, name: str, text: str, handler: Callable[[argparse.Namespace, Settings], int]
+    parent: Any,
+    name: str,
+    text: str,
+    handler: Callable[[argparse.Namespace, Settings], int],
+    group: str = "",
 ) -> argparse.ArgumentParser:
+    """A command that runs ``handler``; its --help lists the settings that ``group name`` reads
+    (the ``used_by`` tags in common/settings.py)."""
     p: argparse.ArgumentParser = parent.add_parser(name, help=text, description=text)
-    p.set_defaults(handler=handler)
-    add_arguments(p)
+    p.set_defaults(handler=handler, command=f"{group} {name}".strip())
+    add_arguments(p, f"{group} {name}".strip())
     return p
 
 

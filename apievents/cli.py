@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 import psycopg
 
-from apievents.common import api_keys, db, logs, metrics, registry, subscriptions
+from apievents.common import api_keys, db, logs, metrics, opendental, registry, subscriptions
 from apievents.common.lifecycle import ConfigurationError, Lifecycle, Wired
-from apievents.common.migrate import migrate
+from apievents.common.migrate import MigrateError, migrate
 from apievents.common.settings import Settings, SettingsError, add_arguments, from_namespace
 from apievents.common.ssrf import EndpointPolicy
 
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
         return handler(args, settings)
-    except (subscriptions.InputError, registry.RegistryError) as e:
+    except (subscriptions.InputError, registry.RegistryError, MigrateError) as e:
         flag = getattr(e, "flag", "")
         return _fail(f"{flag}: {e}" if flag else str(e), EXIT_USAGE)
     except subscriptions.NotFound as e:
@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
         help="Also create the Open Dental-shaped patient and appointment tables, "
         "a deletion log, and register them as WatchTables.",
     )
+    p.add_argument(
+        "--opendental-schema",
+        action="store_true",
+        help="Instead, create Open Dental's own appointment, patient and histappointment tables "
+        "(every column) and register the WatchTables Appointment, Patient and "
+        "AppointmentDeleted in the opendental payload format.",
+    )
 
     wt = commands.add_parser("watch-tables", help="Manage the WatchTable registry.")
     wt_cmds = wt.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -113,6 +120,29 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="COLUMN=JsonName",
         help="A column to deliver and its JSON name; repeat. Default: all columns.",
+    )
+    p.add_argument(
+        "--format",
+        choices=registry.FORMATS,
+        default="iso",
+        help="Payload format: iso (ISO 8601 times, enums as numbers; the default) or "
+        "opendental (Open Dental's rendering; for its appointment, patient and histappointment "
+        "tables also its fields, enum names and derived fields).",
+    )
+    p.add_argument(
+        "--enum",
+        action="append",
+        default=[],
+        metavar="COLUMN=ENUM",
+        help="With --format opendental: send an integer column by name, ENUM being an Open "
+        "Dental enum (e.g. ApptStatus) or VALUE:Name,VALUE:Name...; repeat.",
+    )
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="Deliver only rows whose COLUMN equals VALUE (e.g. histapptaction=4); repeat.",
     )
     p.add_argument(
         "--stamped-by-application",
@@ -260,20 +290,48 @@ def _subscription_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    if args.sample_schema and args.opendental_schema:  # before connecting: nothing to do
+        return _fail(
+            "--opendental-schema: not with --sample-schema; they are alternatives for one database",
+            EXIT_USAGE,
+        )
     with db.connect(settings.database_url) as conn:
-        applied = migrate(conn, sample_schema=args.sample_schema)
+        applied = migrate(
+            conn, sample_schema=args.sample_schema, opendental_schema=args.opendental_schema
+        )
     _print({"applied": applied})
     return 0
 
 
+def _pairs(flag: str, specs: list[str], what: str) -> list[tuple[str, str]]:
+    """COLUMN=VALUE arguments of a repeated flag."""
+    out = []
+    for spec in specs:
+        column, sep, value = spec.partition("=")
+        if not sep or not column.strip():
+            raise registry.RegistryError(f"{flag}: expected COLUMN={what}, got {spec!r}")
+        out.append((column.strip(), value.strip()))
+    return out
+
+
 def _wt_add(args: argparse.Namespace, settings: Settings) -> int:
-    fields = []
-    for spec in args.field:
-        column, sep, json_name = spec.partition("=")
-        if not sep:
-            raise registry.RegistryError(f"--field: expected COLUMN=JsonName, got {spec!r}")
-        fields.append((column.strip(), json_name.strip()))
+    fields = _pairs("--field", args.field, "JsonName")
+    where = [
+        (c, int(v) if v.lstrip("-").isdigit() else v)
+        for c, v in _pairs("--where", args.where, "VALUE")
+    ]
+    if args.enum and args.format != "opendental":
+        raise registry.RegistryError("--enum: only with --format opendental")
+    try:
+        enums = [(c, opendental.enum_map(v)) for c, v in _pairs("--enum", args.enum, "ENUM")]
+    except opendental.EnumError as e:
+        raise registry.RegistryError(f"--enum: {e}") from None
     with db.connect(settings.database_url) as conn, conn.transaction():
+        derived: list[registry.Derived] = []
+        if args.format == "opendental":
+            schema, table = registry.split_table(args.table)
+            shape = opendental.rendering(conn, schema, table, fields, enums)
+            fields, enums, derived = shape.fields, shape.enums, shape.derived
         wt = registry.add(
             conn,
             args.name,
@@ -282,6 +340,10 @@ def _wt_add(args: argparse.Namespace, settings: Settings) -> int:
             args.timestamp_column,
             fields,
             stamped_by_application=args.stamped_by_application,
+            payload_format=args.format,
+            enums=enums,
+            derived=derived,
+            row_filter=where,
         )
     _print(wt.to_json())
     return 0

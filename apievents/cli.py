@@ -208,12 +208,18 @@ def _parser() -> argparse.ArgumentParser:
         "api-keys",
     )
     p.add_argument("--customer-key", required=True, help="The CustomerKey the key acts for.")
+    p.add_argument(
+        "--developer-key",
+        help="Instead of a bearer key, register this Open Dental DeveloperKey with the "
+        "CustomerKey: clients then send Authorization: ODFHIR {DeveloperKey}/{CustomerKey}.",
+    )
     p = _leaf(
         key_cmds, "revoke", "Revoke one key, or every key of a customer.", _key_revoke, "api-keys"
     )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--api-key", help="The key to revoke.")
     which.add_argument("--customer-key", help="Revoke every key of this CustomerKey.")
+    p.add_argument("--developer-key", help="With --customer-key: revoke only that ODFHIR key pair.")
     _leaf(
         key_cmds,
         "list",
@@ -367,9 +373,14 @@ def _with_conn(settings: Settings, fn: Callable[[psycopg.Connection[Any]], Any])
     return 0
 
 
+def _with_subs(settings: Settings, fn: Callable[[psycopg.Connection[Any]], Any]) -> int:
+    """Print subscriptions in the CLI's JSON form (subscriptions.cli_form)."""
+    return _with_conn(settings, lambda c: subscriptions.cli_form(fn(c)))
+
+
 def _sub_add(args: argparse.Namespace, settings: Settings) -> int:
     policy = EndpointPolicy.from_settings(settings)
-    return _with_conn(
+    return _with_subs(
         settings,
         lambda c: subscriptions.create(
             c, _subscription_values(args), policy, settings.watermark_margin_seconds
@@ -378,17 +389,17 @@ def _sub_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sub_list(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, subscriptions.list_all)
+    return _with_subs(settings, subscriptions.list_all)
 
 
 def _sub_show(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, lambda c: subscriptions.get(c, args.num))
+    return _with_subs(settings, lambda c: subscriptions.get(c, args.num))
 
 
 def _sub_update(args: argparse.Namespace, settings: Settings) -> int:
     values = _subscription_values(args)
     policy = EndpointPolicy.from_settings(settings)
-    return _with_conn(
+    return _with_subs(
         settings,
         lambda c: subscriptions.update(
             c, args.num, values, policy, settings.secret_overlap_seconds
@@ -403,29 +414,39 @@ def _sub_attempts(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sub_rewind(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, lambda c: subscriptions.rewind(c, args.num, args.to))
+    return _with_subs(settings, lambda c: subscriptions.rewind(c, args.num, args.to))
 
 
 def _sub_pause(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, lambda c: subscriptions.set_status(c, args.num, "paused"))
+    return _with_subs(settings, lambda c: subscriptions.set_status(c, args.num, "paused"))
 
 
 def _sub_resume(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, lambda c: subscriptions.set_status(c, args.num, "active"))
+    return _with_subs(settings, lambda c: subscriptions.set_status(c, args.num, "active"))
 
 
 def _sub_remove(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, lambda c: subscriptions.remove(c, args.num))
+    return _with_subs(settings, lambda c: subscriptions.remove(c, args.num))
 
 
 def _key_create(args: argparse.Namespace, settings: Settings) -> int:
     try:
+        if args.developer_key is not None:
+            return _with_conn(
+                settings,
+                lambda c: api_keys.create_pair(c, args.customer_key, args.developer_key),
+            )
         return _with_conn(settings, lambda c: api_keys.create(c, args.customer_key))
     except ValueError as e:
         return _fail(str(e), EXIT_USAGE)
 
 
 def _key_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    if args.developer_key is not None:
+        if args.customer_key is None:
+            return _fail("--developer-key: needs --customer-key", EXIT_USAGE)
+        pair = api_keys.odfhir(args.developer_key, args.customer_key)
+        return _with_conn(settings, lambda c: api_keys.revoke(c, pair))
     return _with_conn(settings, lambda c: api_keys.revoke(c, args.api_key, args.customer_key))
 
 

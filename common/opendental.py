@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 import psycopg
@@ -135,6 +136,18 @@ WATCH_TABLES: tuple[tuple[str, str, str, tuple[tuple[str, int], ...]], ...] = (
     ("AppointmentDeleted", "histappointment", "histapptnum", (("histapptaction", DELETED),)),
     ("Patient", "patient", "patnum", ()),
 )
+
+
+def datetime_text(v: datetime) -> str:
+    """A time as Open Dental writes it: ``yyyy-MM-dd HH:mm:ss``, the wall time of ``v``."""
+    # Not strftime: glibc drops the leading zeros of years before 1000, and Open Dental's
+    # "no date" is 0001-01-01 00:00:00.
+    return f"{date_text(v)} {v.hour:02d}:{v.minute:02d}:{v.second:02d}"
+
+
+def date_text(v: date) -> str:
+    """A date as Open Dental writes it: ``yyyy-MM-dd``."""
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d}"
 
 
 class EnumError(ValueError):

@@ -67,15 +67,15 @@ SUBSCRIPTION_COLUMNS = """
          THEN 'expired' ELSE status END AS status,
     status_reason, last_error, last_http_status, consecutive_failures, next_attempt_at,
     last_attempt_at, last_success_at, claim_job IS NOT NULL AND claim_expires_at > now()
-        AS in_flight
+        AS in_flight, ui_event_type
 """
 SUBSCRIPTION_INSERT = f"""
 INSERT INTO apievents.subscription
     (endpoint_url, workstation, customer_key, watch_table, polling_seconds,
-     date_time_start, date_time_stop, note, secret)
+     date_time_start, date_time_stop, note, secret, ui_event_type)
 VALUES (%(endpoint_url)s, %(workstation)s, %(customer_key)s, %(watch_table)s,
         %(polling_seconds)s, %(date_time_start)s, %(date_time_stop)s,
-        %(note)s, %(secret)s)
+        %(note)s, %(secret)s, %(ui_event_type)s)
 RETURNING {SUBSCRIPTION_COLUMNS}
 """
 SUBSCRIPTION_GET = (
@@ -160,11 +160,12 @@ UPDATABLE = (
     "date_time_stop",
     "note",
     "secret",
+    "ui_event_type",
 )
 
 
 # Changes that leave a window in flight as good as it was: they never touch the claim.
-KEEPS_CLAIM = frozenset({"note", "polling_seconds", "secret"})
+KEEPS_CLAIM = frozenset({"note", "polling_seconds", "secret", "ui_event_type"})
 
 
 def subscription_update(columns: list[str]) -> sql.Composed:

@@ -16,19 +16,10 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+from apievents.common import opendental
 from apievents.common.registry import WatchTable
 
 Render = Callable[[Any], Any]
-
-
-def _datetime(v: datetime) -> str:
-    # Not strftime: it drops the leading zeros of years before 1000 on glibc, and Open Dental's
-    # "no date" is 0001-01-01 00:00:00.
-    return f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}"
-
-
-def _date(v: date) -> str:
-    return f"{v.year:04d}-{v.month:02d}-{v.day:02d}"
 
 
 def _time(v: time) -> str:
@@ -37,8 +28,8 @@ def _time(v: time) -> str:
 
 _BY_TYPE: dict[type, Render] = {
     bool: lambda v: "true" if v else "false",
-    datetime: _datetime,
-    date: _date,
+    datetime: opendental.datetime_text,
+    date: opendental.date_text,
     time: _time,
     Decimal: float,  # Open Dental's money columns are doubles: JSON numbers
 }

@@ -87,6 +87,7 @@ def test_add_prints_open_dental_fields_and_defaults_start_to_now(env: dict[str, 
         SECRET,
     )
     assert set(sub) >= ALL_FIELDS
+    assert "UiEventType" not in sub  # the CLI's JSON is a contract from before the field
     assert (sub["CustomerKey"], sub["Workstation"], sub["Note"]) == ("CK1", "WS", "hello")
     assert sub["Status"] == "active" and sub["PollingSeconds"] == 5
     assert sub["Secret"] == SECRET  # shown by `add` only

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
 import psycopg
 
-from apievents.common import api_keys, db, logs, metrics, opendental, registry, subscriptions
+from apievents import admin
+from apievents.admin import EXIT_UNAVAILABLE, EXIT_USAGE, fail
+from apievents.common import db, logs, metrics, registry, subscriptions
 from apievents.common.lifecycle import ConfigurationError, Lifecycle, Wired
-from apievents.common.migrate import MigrateError, migrate
+from apievents.common.migrate import MigrateError
 from apievents.common.settings import Settings, SettingsError, add_arguments, from_namespace
 from apievents.common.ssrf import EndpointPolicy
-
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 1
 
 _SUB_FLAGS: list[tuple[str, str]] = [
     ("--endpoint-url", "URL that receives the POSTs (http or https)."),
@@ -27,7 +24,7 @@ _SUB_FLAGS: list[tuple[str, str]] = [
     ("--customer-key", "Sent as the Authorization header of every POST."),
     ("--workstation", "Sent as the Workstation header (default: the worker's name)."),
     ("--date-time-start", "Deliver changes after this ISO 8601 time (default: now)."),
-    ("--date-time-stop", "Stop delivering at this ISO 8601 time (default: never)."),
+    ("--date-time-stop", "Stop delivering at this ISO 8601 time (default, or 0001-01-01: never)."),
     ("--note", "Free text for operators."),
     (
         "--secret",
@@ -45,34 +42,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = from_namespace(args)
     except SettingsError as e:
-        return _fail(str(e), EXIT_USAGE)
+        return fail(str(e), EXIT_USAGE)
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
         return handler(args, settings)
     except (subscriptions.InputError, registry.RegistryError, MigrateError) as e:
         flag = getattr(e, "flag", "")
-        return _fail(f"{flag}: {e}" if flag else str(e), EXIT_USAGE)
+        return fail(f"{flag}: {e}" if flag else str(e), EXIT_USAGE)
     except subscriptions.NotFound as e:
-        return _fail(f"no subscription {e.args[0]}", EXIT_USAGE)
+        return fail(f"no subscription {e.args[0]}", EXIT_USAGE)
     except psycopg.OperationalError as e:
-        return _fail(f"cannot reach the database: {logs.error_text(e)}", EXIT_UNAVAILABLE)
+        return fail(f"cannot reach the database: {logs.error_text(e)}", EXIT_UNAVAILABLE)
     except psycopg.errors.UndefinedTable:
-        return _fail(
+        return fail(
             "the database has no apievents schema: run `apievents migrate`", EXIT_UNAVAILABLE
         )
     except psycopg.Error as e:
-        return _fail(f"database error: {logs.error_text(e)}", EXIT_UNAVAILABLE)
+        return fail(f"database error: {logs.error_text(e)}", EXIT_UNAVAILABLE)
     except ConfigurationError as e:
-        return _fail(str(e), EXIT_USAGE)
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"apievents: error: {message}", file=sys.stderr)
-    return code
-
-
-def _print(obj: Any) -> None:
-    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+        return fail(str(e), EXIT_USAGE)
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -86,7 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = _leaf(commands, "migrate", "Create or upgrade the service's schema (idempotent).", _migrate)
+    p = _leaf(
+        commands,
+        "migrate",
+        "Create or upgrade the service's schema (idempotent).",
+        admin.migrate_cmd,
+    )
     p.add_argument(
         "--sample-schema",
         action="store_true",
@@ -104,7 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     wt = commands.add_parser("watch-tables", help="Manage the WatchTable registry.")
     wt_cmds = wt.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = _leaf(
-        wt_cmds, "add", "Register a table so subscriptions can watch it.", _wt_add, "watch-tables"
+        wt_cmds,
+        "add",
+        "Register a table so subscriptions can watch it.",
+        admin.wt_add,
+        "watch-tables",
     )
     p.add_argument("--name", required=True, help="WatchTable name, e.g. Procedure.")
     p.add_argument("--table", required=True, help="Table, optionally schema-qualified.")
@@ -151,26 +148,34 @@ def _parser() -> argparse.ArgumentParser:
         "and UPDATE must then set it to now() (the transaction's start) itself; a change that "
         "does not, or sets any other time, can be delivered late or never.",
     )
-    _leaf(wt_cmds, "list", "List registered WatchTables.", _wt_list, "watch-tables")
+    _leaf(wt_cmds, "list", "List registered WatchTables.", admin.wt_list, "watch-tables")
     p = _leaf(
         wt_cmds,
         "remove",
         "Unregister a WatchTable no subscription uses.",
-        _wt_remove,
+        admin.wt_remove,
         "watch-tables",
     )
     p.add_argument("name", help="WatchTable name.")
 
     sub = commands.add_parser("subscriptions", help="Manage subscriptions (JSON output).")
     sub_cmds = sub.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = _leaf(sub_cmds, "add", "Create a subscription and print it.", _sub_add, "subscriptions")
+    p = _leaf(
+        sub_cmds, "add", "Create a subscription and print it.", admin.sub_add, "subscriptions"
+    )
     _subscription_flags(p)
-    _leaf(sub_cmds, "list", "Print all subscriptions as a JSON array.", _sub_list, "subscriptions")
+    _leaf(
+        sub_cmds,
+        "list",
+        "Print all subscriptions as a JSON array.",
+        admin.sub_list,
+        "subscriptions",
+    )
     for name, text, fn in [
-        ("show", "Print one subscription.", _sub_show),
-        ("pause", "Stop deliveries until resumed; nothing is skipped.", _sub_pause),
-        ("resume", "Re-enable a paused or disabled subscription.", _sub_resume),
-        ("remove", "Delete a subscription and print what was deleted.", _sub_remove),
+        ("show", "Print one subscription.", admin.sub_show),
+        ("pause", "Stop deliveries until resumed; nothing is skipped.", admin.sub_pause),
+        ("resume", "Re-enable a paused or disabled subscription.", admin.sub_resume),
+        ("remove", "Delete a subscription and print what was deleted.", admin.sub_remove),
     ]:
         _leaf(sub_cmds, name, text, fn, "subscriptions").add_argument(
             "num", type=int, help="SubscriptionNum."
@@ -179,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
         sub_cmds,
         "attempts",
         "Print recent delivery attempts, newest first.",
-        _sub_attempts,
+        admin.sub_attempts,
         "subscriptions",
     )
     p.add_argument("num", type=int, help="SubscriptionNum.")
@@ -188,12 +193,14 @@ def _parser() -> argparse.ArgumentParser:
         sub_cmds,
         "rewind",
         "Re-send everything changed since a time; safe while deliveries run.",
-        _sub_rewind,
+        admin.sub_rewind,
         "subscriptions",
     )
     p.add_argument("num", type=int, help="SubscriptionNum.")
     p.add_argument("--to", required=True, help="ISO 8601 time, not later than DateTimeStart.")
-    p = _leaf(sub_cmds, "update", "Change the named fields only.", _sub_update, "subscriptions")
+    p = _leaf(
+        sub_cmds, "update", "Change the named fields only.", admin.sub_update, "subscriptions"
+    )
     p.add_argument("num", type=int, help="SubscriptionNum.")
     _subscription_flags(p)
 
@@ -204,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
         key_cmds,
         "create",
         "Create a key for a customer; it is printed only now.",
-        _key_create,
+        admin.key_create,
         "api-keys",
     )
     p.add_argument("--customer-key", required=True, help="The CustomerKey the key acts for.")
@@ -214,7 +221,11 @@ def _parser() -> argparse.ArgumentParser:
         "CustomerKey: clients then send Authorization: ODFHIR {DeveloperKey}/{CustomerKey}.",
     )
     p = _leaf(
-        key_cmds, "revoke", "Revoke one key, or every key of a customer.", _key_revoke, "api-keys"
+        key_cmds,
+        "revoke",
+        "Revoke one key, or every key of a customer.",
+        admin.key_revoke,
+        "api-keys",
     )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--api-key", help="The key to revoke.")
@@ -224,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
         key_cmds,
         "list",
         "List keys (numbers, customers, dates; never the keys).",
-        _key_list,
+        admin.key_list,
         "api-keys",
     )
 
@@ -288,170 +299,7 @@ def _subscription_flags(p: argparse.ArgumentParser) -> None:
         group.add_argument(flag, default=argparse.SUPPRESS, help=text)
 
 
-def _subscription_values(args: argparse.Namespace) -> dict[str, Any]:
-    return {c: getattr(args, c) for c in subscriptions.FIELDS if hasattr(args, c)}
-
-
-# -- handlers -----------------------------------------------------------------------------------
-
-
-def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    if args.sample_schema and args.opendental_schema:  # before connecting: nothing to do
-        return _fail(
-            "--opendental-schema: not with --sample-schema; they are alternatives for one database",
-            EXIT_USAGE,
-        )
-    with db.connect(settings.database_url) as conn:
-        applied = migrate(
-            conn, sample_schema=args.sample_schema, opendental_schema=args.opendental_schema
-        )
-    _print({"applied": applied})
-    return 0
-
-
-def _pairs(flag: str, specs: list[str], what: str) -> list[tuple[str, str]]:
-    """COLUMN=VALUE arguments of a repeated flag."""
-    out = []
-    for spec in specs:
-        column, sep, value = spec.partition("=")
-        if not sep or not column.strip():
-            raise registry.RegistryError(f"{flag}: expected COLUMN={what}, got {spec!r}")
-        out.append((column.strip(), value.strip()))
-    return out
-
-
-def _wt_add(args: argparse.Namespace, settings: Settings) -> int:
-    fields = _pairs("--field", args.field, "JsonName")
-    where = [
-        (c, int(v) if v.lstrip("-").isdigit() else v)
-        for c, v in _pairs("--where", args.where, "VALUE")
-    ]
-    if args.enum and args.format != "opendental":
-        raise registry.RegistryError("--enum: only with --format opendental")
-    try:
-        enums = [(c, opendental.enum_map(v)) for c, v in _pairs("--enum", args.enum, "ENUM")]
-    except opendental.EnumError as e:
-        raise registry.RegistryError(f"--enum: {e}") from None
-    with db.connect(settings.database_url) as conn, conn.transaction():
-        derived: list[registry.Derived] = []
-        if args.format == "opendental":
-            schema, table = registry.split_table(args.table)
-            shape = opendental.rendering(conn, schema, table, fields, enums)
-            fields, enums, derived = shape.fields, shape.enums, shape.derived
-        wt = registry.add(
-            conn,
-            args.name,
-            args.table,
-            args.key_column,
-            args.timestamp_column,
-            fields,
-            stamped_by_application=args.stamped_by_application,
-            payload_format=args.format,
-            enums=enums,
-            derived=derived,
-            row_filter=where,
-        )
-    _print(wt.to_json())
-    return 0
-
-
-def _wt_list(args: argparse.Namespace, settings: Settings) -> int:
-    with db.connect(settings.database_url) as conn:
-        _print([wt.to_json() for wt in registry.all_tables(conn)])
-    return 0
-
-
-def _wt_remove(args: argparse.Namespace, settings: Settings) -> int:
-    with db.connect(settings.database_url) as conn, conn.transaction():
-        _print(registry.remove(conn, args.name).to_json())
-    return 0
-
-
-def _with_conn(settings: Settings, fn: Callable[[psycopg.Connection[Any]], Any]) -> int:
-    with db.connect(settings.database_url) as conn:
-        _print(fn(conn))
-    return 0
-
-
-def _with_subs(settings: Settings, fn: Callable[[psycopg.Connection[Any]], Any]) -> int:
-    """Print subscriptions in the CLI's JSON form (subscriptions.cli_form)."""
-    return _with_conn(settings, lambda c: subscriptions.cli_form(fn(c)))
-
-
-def _sub_add(args: argparse.Namespace, settings: Settings) -> int:
-    policy = EndpointPolicy.from_settings(settings)
-    return _with_subs(
-        settings,
-        lambda c: subscriptions.create(
-            c, _subscription_values(args), policy, settings.watermark_margin_seconds
-        ),
-    )
-
-
-def _sub_list(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_subs(settings, subscriptions.list_all)
-
-
-def _sub_show(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_subs(settings, lambda c: subscriptions.get(c, args.num))
-
-
-def _sub_update(args: argparse.Namespace, settings: Settings) -> int:
-    values = _subscription_values(args)
-    policy = EndpointPolicy.from_settings(settings)
-    return _with_subs(
-        settings,
-        lambda c: subscriptions.update(
-            c, args.num, values, policy, settings.secret_overlap_seconds
-        ),
-    )
-
-
-def _sub_attempts(args: argparse.Namespace, settings: Settings) -> int:
-    if not 1 <= args.limit <= 1000:
-        return _fail("--limit: must be 1 to 1000", EXIT_USAGE)
-    return _with_conn(settings, lambda c: subscriptions.attempts(c, args.num, args.limit))
-
-
-def _sub_rewind(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_subs(settings, lambda c: subscriptions.rewind(c, args.num, args.to))
-
-
-def _sub_pause(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_subs(settings, lambda c: subscriptions.set_status(c, args.num, "paused"))
-
-
-def _sub_resume(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_subs(settings, lambda c: subscriptions.set_status(c, args.num, "active"))
-
-
-def _sub_remove(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_subs(settings, lambda c: subscriptions.remove(c, args.num))
-
-
-def _key_create(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        if args.developer_key is not None:
-            return _with_conn(
-                settings,
-                lambda c: api_keys.create_pair(c, args.customer_key, args.developer_key),
-            )
-        return _with_conn(settings, lambda c: api_keys.create(c, args.customer_key))
-    except ValueError as e:
-        return _fail(str(e), EXIT_USAGE)
-
-
-def _key_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    if args.developer_key is not None:
-        if args.customer_key is None:
-            return _fail("--developer-key: needs --customer-key", EXIT_USAGE)
-        pair = api_keys.odfhir(args.developer_key, args.customer_key)
-        return _with_conn(settings, lambda c: api_keys.revoke(c, pair))
-    return _with_conn(settings, lambda c: api_keys.revoke(c, args.api_key, args.customer_key))
-
-
-def _key_list(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, api_keys.list_all)
+# -- services -----------------------------------------------------------------------------------
 
 
 def _api(args: argparse.Namespace, settings: Settings) -> int:
@@ -488,7 +336,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from apievents.allinone import wire
 
     if args.workers < 1:
-        return _fail("--workers: must be at least 1", EXIT_USAGE)
+        return fail("--workers: must be at least 1", EXIT_USAGE)
     return _serve("all-in-one", settings, lambda lc: wire(settings, lc, args.workers))
 
 

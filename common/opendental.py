@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -140,14 +140,9 @@ WATCH_TABLES: tuple[tuple[str, str, str, tuple[tuple[str, int], ...]], ...] = (
 
 def datetime_text(v: datetime) -> str:
     """A time as Open Dental writes it: ``yyyy-MM-dd HH:mm:ss``, the wall time of ``v``."""
-    # Not strftime: glibc drops the leading zeros of years before 1000, and Open Dental's
-    # "no date" is 0001-01-01 00:00:00.
-    return f"{date_text(v)} {v.hour:02d}:{v.minute:02d}:{v.second:02d}"
-
-
-def date_text(v: date) -> str:
-    """A date as Open Dental writes it: ``yyyy-MM-dd``."""
-    return f"{v.year:04d}-{v.month:02d}-{v.day:02d}"
+    # isoformat, not strftime: glibc's %Y drops the zeros of Open Dental's "no date",
+    # 0001-01-01 00:00:00. The slice drops the offset of an aware time.
+    return v.isoformat(" ", "seconds")[:19]
 
 
 class EnumError(ValueError):

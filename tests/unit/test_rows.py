@@ -143,3 +143,9 @@ def test_row_source_adds_derived_fields_and_the_row_filter() -> None:
     ) in select
     assert '("public"."appointment"."coloroverride" >> 16) & 255' in select
     assert queries.row_source(WT).where.as_string(None) == "TRUE"
+
+
+def test_a_null_in_the_first_row_does_not_hide_a_column_that_needs_rendering() -> None:
+    wt = WatchTable("T", "public", "t", "k", "ts", (("d", "D"),), "opendental")
+    rows = [(None, TS, 1), (datetime(2026, 1, 2, 3, 4, 5), TS, 2)]
+    assert orjson.loads(encode(wt, rows)) == [{"D": None}, {"D": "2026-01-02 03:04:05"}]

@@ -117,15 +117,17 @@ class WatchTable:
         return self.json_names + tuple(d.field for d in self.derived)
 
     def to_json(self) -> dict[str, Any]:
-        """The registration as printed by the CLI. The Open Dental parts appear when set."""
+        """The registration as printed by the CLI. The format and its parts appear when they
+        are not the defaults, so an iso registration prints as it always did."""
         out: dict[str, Any] = {
             "WatchTable": self.name,
             "Table": f"{self.table_schema}.{self.table_name}",
             "KeyColumn": self.key_column,
             "TimestampColumn": self.timestamp_column,
             "Fields": {c: j for c, j in self.fields},
-            "Format": self.payload_format,
         }
+        if self.payload_format != "iso":
+            out["Format"] = self.payload_format
         if self.enums:
             out["Enums"] = {c: {str(v): n for v, n in m} for c, m in self.enums}
         if self.derived:

@@ -397,6 +397,9 @@ def row_source(wt: WatchTable) -> RowSource:
     values: list[sql.Composable] = [sql.Identifier(c) for c, _ in wt.fields]
     values += [_derived(wt, d) for d in wt.derived]
     select = sql.SQL(", ").join([*values, wt.ts_ident, wt.key_ident])
+    # The filter's values are quoted literals, not parameters: every caller then runs the same
+    # parameters as before, and the planner can match a partial index on the filter
+    # (histappointment_deleted) when it plans the statement.
     conditions = [
         sql.SQL("{} = {}").format(sql.Identifier(c), sql.Literal(v)) for c, v in wt.row_filter
     ]

@@ -1,5 +1,9 @@
 """Routes of the Subscriptions API. Every subscription belongs to the caller's CustomerKey.
 
+The routes are served twice: at the root, with ISO 8601 times, and under ``/api/v1`` as Open
+Dental serves them, with ``yyyy-MM-dd HH:mm:ss`` times (api/formats.py). Both accept a bearer
+API key or Open Dental's ``ODFHIR {DeveloperKey}/{CustomerKey}`` (api/auth.py).
+
 No ``from __future__ import annotations`` here: FastAPI reads the dependency annotations at
 run time, and they refer to names local to create_app.
 """
@@ -8,13 +12,14 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from psycopg_pool import ConnectionPool
+from fastapi.security import APIKeyHeader
+from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from apievents.api import auth, formats
 from apievents.api.models import (
     AttemptOut,
     ErrorOut,
@@ -23,7 +28,7 @@ from apievents.api.models import (
     SubscriptionOut,
     WatchTableOut,
 )
-from apievents.common import api_keys, registry, subscriptions
+from apievents.common import queries, registry, subscriptions
 from apievents.common.ssrf import EndpointPolicy
 
 COLUMN_OF = {name: column for column, name in subscriptions.FIELDS.items()}
@@ -32,6 +37,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "No valid API key."},
     404: {"model": ErrorOut, "description": "No such subscription for this customer."},
 }
+OPEN_DENTAL_PREFIX = "/api/v1"
 
 
 class ApiError(Exception):
@@ -45,33 +51,21 @@ def create_app(
 ) -> FastAPI:
     """The ASGI application."""
     app = FastAPI(title="apievents", version="1", description=__doc__)
-    bearer = HTTPBearer(auto_error=False)
+    for prefix, fmt in (("", formats.iso), (OPEN_DENTAL_PREFIX, formats.opendental)):
+        app.include_router(_routes(pool, policy, secret_overlap, margin, fmt), prefix=prefix)
 
-    def connection() -> Iterator[psycopg.Connection[Any]]:
-        with pool.connection() as conn:
-            yield conn
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "alive"}
 
-    Conn = Annotated[psycopg.Connection[Any], Depends(connection)]
-    Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-
-    def customer(conn: Conn, creds: Creds) -> str:
-        if creds is None or creds.scheme.lower() != "bearer":
-            raise ApiError(401, "send Authorization: Bearer <ApiKey>")
-        found = api_keys.customer_of(conn, creds.credentials)
-        if found is None:
-            raise ApiError(401, "unknown or revoked API key")
-        return found
-
-    Customer = Annotated[str, Depends(customer)]
-
-    def owned(conn: psycopg.Connection[Any], num: int, customer_key: str) -> dict[str, Any]:
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
         try:
-            sub = subscriptions.get(conn, num)
-        except subscriptions.NotFound:
-            sub = None
-        if sub is None or sub["CustomerKey"] != customer_key:
-            raise ApiError(404, f"no subscription {num}")  # never reveal other customers'
-        return sub
+            with pool.connection(timeout=2) as conn:
+                conn.execute(queries.PING)
+        except (psycopg.Error, PoolTimeout) as e:  # the database cannot be reached now
+            return JSONResponse({"status": "not ready", "error": type(e).__name__}, 503)
+        return JSONResponse({"status": "ready"})
 
     @app.exception_handler(ApiError)
     def api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -96,54 +90,95 @@ def create_app(
         where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
         return JSONResponse({"error": f"{where}: {first['msg']}"}, status_code=400)
 
+    return app
+
+
+def _routes(
+    pool: ConnectionPool,
+    policy: EndpointPolicy,
+    secret_overlap: float,
+    margin: float,
+    fmt: formats.Format,
+) -> APIRouter:
+    """The Subscriptions routes, answering in ``fmt``."""
+    router = APIRouter()
+    authorization = APIKeyHeader(
+        name="Authorization", auto_error=False, description=f"{auth.SCHEMES}."
+    )
+
+    def connection() -> Iterator[psycopg.Connection[Any]]:
+        with pool.connection() as conn:
+            yield conn
+
+    Conn = Annotated[psycopg.Connection[Any], Depends(connection)]
+    Header = Annotated[str | None, Depends(authorization)]
+
+    def customer(conn: Conn, header: Header) -> str:
+        try:
+            return auth.customer(conn, header)
+        except auth.Unauthorized as e:
+            raise ApiError(401, str(e)) from None
+
+    Customer = Annotated[str, Depends(customer)]
+
+    def owned(conn: psycopg.Connection[Any], num: int, customer_key: str) -> dict[str, Any]:
+        try:
+            sub = subscriptions.get(conn, num)
+        except subscriptions.NotFound:
+            sub = None
+        if sub is None or sub["CustomerKey"] != customer_key:
+            raise ApiError(404, f"no subscription {num}")  # never reveal other customers'
+        return sub
+
     def columns(body: SubscriptionIn) -> dict[str, Any]:
         named = body.model_dump(exclude_unset=True, exclude={"CustomerKey"})
         return {COLUMN_OF[k]: v for k, v in named.items()}
 
-    @app.get("/subscriptions", response_model=list[SubscriptionOut], responses=ERRORS)
-    def list_subscriptions(conn: Conn, ck: Customer) -> list[dict[str, Any]]:
+    @router.get("/subscriptions", response_model=list[SubscriptionOut], responses=ERRORS)
+    def list_subscriptions(conn: Conn, ck: Customer) -> Any:
         """The caller's subscriptions."""
-        return subscriptions.list_all(conn, customer_key=ck)
+        return fmt(subscriptions.list_all(conn, customer_key=ck))
 
-    @app.post("/subscriptions", status_code=201, response_model=SubscriptionOut, responses=ERRORS)
-    def create_subscription(body: SubscriptionIn, conn: Conn, ck: Customer) -> dict[str, Any]:
+    @router.post(
+        "/subscriptions", status_code=201, response_model=SubscriptionOut, responses=ERRORS
+    )
+    def create_subscription(body: SubscriptionIn, conn: Conn, ck: Customer) -> Any:
         """Create; the answer shows the signing secret this once."""
-        return subscriptions.create(conn, columns(body) | {"customer_key": ck}, policy, margin)
+        values = columns(body) | {"customer_key": ck}
+        return fmt(subscriptions.create(conn, values, policy, margin))
 
-    @app.get("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
-    def get_subscription(num: int, conn: Conn, ck: Customer) -> dict[str, Any]:
+    @router.get("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
+    def get_subscription(num: int, conn: Conn, ck: Customer) -> Any:
         """One subscription."""
-        return owned(conn, num, ck)
+        return fmt(owned(conn, num, ck))
 
-    @app.put("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
-    def update_subscription(
-        num: int, body: SubscriptionIn, conn: Conn, ck: Customer
-    ) -> dict[str, Any]:
+    @router.put("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
+    def update_subscription(num: int, body: SubscriptionIn, conn: Conn, ck: Customer) -> Any:
         """Change only the fields named in the body."""
         owned(conn, num, ck)
-        return subscriptions.update(conn, num, columns(body), policy, secret_overlap)
+        return fmt(subscriptions.update(conn, num, columns(body), policy, secret_overlap))
 
-    @app.delete("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
-    def delete_subscription(num: int, conn: Conn, ck: Customer) -> dict[str, Any]:
+    @router.delete("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
+    def delete_subscription(num: int, conn: Conn, ck: Customer) -> Any:
         """Delete; answers with what was deleted."""
         owned(conn, num, ck)
-        return subscriptions.remove(conn, num)
+        return fmt(subscriptions.remove(conn, num))
 
-    @app.get("/subscriptions/{num}/attempts", response_model=list[AttemptOut], responses=ERRORS)
-    def list_attempts(num: int, conn: Conn, ck: Customer) -> list[dict[str, Any]]:
+    @router.get("/subscriptions/{num}/attempts", response_model=list[AttemptOut], responses=ERRORS)
+    def list_attempts(num: int, conn: Conn, ck: Customer) -> Any:
         """Recent delivery attempts, newest first."""
         owned(conn, num, ck)
-        return subscriptions.attempts(conn, num)
+        return fmt(subscriptions.attempts(conn, num))
 
-    @app.post("/subscriptions/{num}/rewind", response_model=SubscriptionOut, responses=ERRORS)
-    def rewind(num: int, body: RewindIn, conn: Conn, ck: Customer) -> dict[str, Any]:
+    @router.post("/subscriptions/{num}/rewind", response_model=SubscriptionOut, responses=ERRORS)
+    def rewind(num: int, body: RewindIn, conn: Conn, ck: Customer) -> Any:
         """Re-send everything changed since To."""
         owned(conn, num, ck)
-        return subscriptions.rewind(conn, num, body.To)
+        return fmt(subscriptions.rewind(conn, num, body.To))
 
-    @app.get("/watchtables", response_model=list[WatchTableOut], responses=ERRORS)
+    @router.get("/watchtables", response_model=list[WatchTableOut], responses=ERRORS)
     def watch_tables(conn: Conn, ck: Customer) -> list[dict[str, Any]]:
         """The WatchTables a subscription may name."""
         return [wt.to_json() for wt in registry.all_tables(conn)]
 
-    return app
+    return router

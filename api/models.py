@@ -14,8 +14,17 @@ class SubscriptionIn(BaseModel):
     Workstation: str | None = Field(None, description="Sent as the Workstation header.")
     WatchTable: str | None = Field(None, description="A name from GET /watchtables.")
     PollingSeconds: int | None = Field(None, description="How often to look for changes.")
-    DateTimeStart: str | None = Field(None, description="ISO 8601; default now.")
-    DateTimeStop: str | None = Field(None, description="ISO 8601; default never.")
+    UiEventType: str | None = Field(
+        None,
+        description="Open Dental's UI event (PatientSelected) or empty; stored and answered, "
+        "but only the WatchTable's database events are delivered.",
+    )
+    DateTimeStart: str | None = Field(
+        None, description="ISO 8601 or yyyy-MM-dd[ HH:mm:ss]; default now."
+    )
+    DateTimeStop: str | None = Field(
+        None, description='ISO 8601 or yyyy-MM-dd[ HH:mm:ss]; "0001-01-01 00:00:00": never.'
+    )
     Note: str | None = None
     Secret: str | None = Field(None, description="whsec_...; generated if omitted on POST.")
     CustomerKey: str | None = Field(
@@ -32,6 +41,7 @@ class SubscriptionOut(BaseModel):
     CustomerKey: str
     WatchTable: str
     PollingSeconds: int
+    UiEventType: str = Field("", description="Open Dental's UI event, as given; not delivered.")
     DateTimeStart: str
     DateTimeStop: str | None
     Note: str
@@ -53,6 +63,7 @@ class WatchTableOut(BaseModel):
     KeyColumn: str
     TimestampColumn: str
     Fields: dict[str, str]
+    Format: str = Field("iso", description="Payload format: iso or opendental.")
 
 
 class AttemptOut(BaseModel):

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
 import psycopg
 
-from apievents.common import api_keys, db, logs, metrics, registry, subscriptions
+from apievents import admin
+from apievents.admin import EXIT_UNAVAILABLE, EXIT_USAGE, fail
+from apievents.common import db, logs, metrics, registry, subscriptions
 from apievents.common.lifecycle import ConfigurationError, Lifecycle, Wired
-from apievents.common.migrate import migrate
+from apievents.common.migrate import MigrateError
 from apievents.common.settings import Settings, SettingsError, add_arguments, from_namespace
 from apievents.common.ssrf import EndpointPolicy
-
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 1
 
 _SUB_FLAGS: list[tuple[str, str]] = [
     ("--endpoint-url", "URL that receives the POSTs (http or https)."),
@@ -27,7 +24,7 @@ _SUB_FLAGS: list[tuple[str, str]] = [
     ("--customer-key", "Sent as the Authorization header of every POST."),
     ("--workstation", "Sent as the Workstation header (default: the worker's name)."),
     ("--date-time-start", "Deliver changes after this ISO 8601 time (default: now)."),
-    ("--date-time-stop", "Stop delivering at this ISO 8601 time (default: never)."),
+    ("--date-time-stop", "Stop delivering at this ISO 8601 time (default, or 0001-01-01: never)."),
     ("--note", "Free text for operators."),
     (
         "--secret",
@@ -45,34 +42,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = from_namespace(args)
     except SettingsError as e:
-        return _fail(str(e), EXIT_USAGE)
+        return fail(str(e), EXIT_USAGE)
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
         return handler(args, settings)
-    except (subscriptions.InputError, registry.RegistryError) as e:
+    except (subscriptions.InputError, registry.RegistryError, MigrateError) as e:
         flag = getattr(e, "flag", "")
-        return _fail(f"{flag}: {e}" if flag else str(e), EXIT_USAGE)
+        return fail(f"{flag}: {e}" if flag else str(e), EXIT_USAGE)
     except subscriptions.NotFound as e:
-        return _fail(f"no subscription {e.args[0]}", EXIT_USAGE)
+        return fail(f"no subscription {e.args[0]}", EXIT_USAGE)
     except psycopg.OperationalError as e:
-        return _fail(f"cannot reach the database: {logs.error_text(e)}", EXIT_UNAVAILABLE)
+        return fail(f"cannot reach the database: {logs.error_text(e)}", EXIT_UNAVAILABLE)
     except psycopg.errors.UndefinedTable:
-        return _fail(
+        return fail(
             "the database has no apievents schema: run `apievents migrate`", EXIT_UNAVAILABLE
         )
     except psycopg.Error as e:
-        return _fail(f"database error: {logs.error_text(e)}", EXIT_UNAVAILABLE)
+        return fail(f"database error: {logs.error_text(e)}", EXIT_UNAVAILABLE)
     except ConfigurationError as e:
-        return _fail(str(e), EXIT_USAGE)
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"apievents: error: {message}", file=sys.stderr)
-    return code
-
-
-def _print(obj: Any) -> None:
-    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+        return fail(str(e), EXIT_USAGE)
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -86,17 +74,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = _leaf(commands, "migrate", "Create or upgrade the service's schema (idempotent).", _migrate)
+    p = _leaf(
+        commands,
+        "migrate",
+        "Create or upgrade the service's schema (idempotent).",
+        admin.migrate_cmd,
+    )
     p.add_argument(
         "--sample-schema",
         action="store_true",
         help="Also create the Open Dental-shaped patient and appointment tables, "
         "a deletion log, and register them as WatchTables.",
     )
+    p.add_argument(
+        "--opendental-schema",
+        action="store_true",
+        help="Instead, create Open Dental's own appointment, patient and histappointment tables "
+        "(every column) and register the WatchTables Appointment, Patient and "
+        "AppointmentDeleted in the opendental payload format.",
+    )
 
     wt = commands.add_parser("watch-tables", help="Manage the WatchTable registry.")
     wt_cmds = wt.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = _leaf(wt_cmds, "add", "Register a table so subscriptions can watch it.", _wt_add)
+    p = _leaf(
+        wt_cmds,
+        "add",
+        "Register a table so subscriptions can watch it.",
+        admin.wt_add,
+        "watch-tables",
+    )
     p.add_argument("--name", required=True, help="WatchTable name, e.g. Procedure.")
     p.add_argument("--table", required=True, help="Table, optionally schema-qualified.")
     p.add_argument("--key-column", required=True, help="Unique key column (tie-breaker).")
@@ -113,40 +119,88 @@ def _parser() -> argparse.ArgumentParser:
         help="A column to deliver and its JSON name; repeat. Default: all columns.",
     )
     p.add_argument(
+        "--format",
+        choices=registry.FORMATS,
+        default="iso",
+        help="Payload format: iso (ISO 8601 times, enums as numbers; the default) or "
+        "opendental (Open Dental's rendering; for its appointment, patient and histappointment "
+        "tables also its fields, enum names and derived fields).",
+    )
+    p.add_argument(
+        "--enum",
+        action="append",
+        default=[],
+        metavar="COLUMN=ENUM",
+        help="With --format opendental: send an integer column by name, ENUM being an Open "
+        "Dental enum (e.g. ApptStatus) or VALUE:Name,VALUE:Name...; repeat.",
+    )
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="Deliver only rows whose COLUMN equals VALUE (e.g. histapptaction=4); repeat.",
+    )
+    p.add_argument(
         "--stamped-by-application",
         action="store_true",
         help="Register without a trigger that sets the timestamp column. RISK: every INSERT "
         "and UPDATE must then set it to now() (the transaction's start) itself; a change that "
         "does not, or sets any other time, can be delivered late or never.",
     )
-    _leaf(wt_cmds, "list", "List registered WatchTables.", _wt_list)
-    p = _leaf(wt_cmds, "remove", "Unregister a WatchTable no subscription uses.", _wt_remove)
+    _leaf(wt_cmds, "list", "List registered WatchTables.", admin.wt_list, "watch-tables")
+    p = _leaf(
+        wt_cmds,
+        "remove",
+        "Unregister a WatchTable no subscription uses.",
+        admin.wt_remove,
+        "watch-tables",
+    )
     p.add_argument("name", help="WatchTable name.")
 
     sub = commands.add_parser("subscriptions", help="Manage subscriptions (JSON output).")
     sub_cmds = sub.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = _leaf(sub_cmds, "add", "Create a subscription and print it.", _sub_add)
+    p = _leaf(
+        sub_cmds, "add", "Create a subscription and print it.", admin.sub_add, "subscriptions"
+    )
     _subscription_flags(p)
-    _leaf(sub_cmds, "list", "Print all subscriptions as a JSON array.", _sub_list)
+    _leaf(
+        sub_cmds,
+        "list",
+        "Print all subscriptions as a JSON array.",
+        admin.sub_list,
+        "subscriptions",
+    )
     for name, text, fn in [
-        ("show", "Print one subscription.", _sub_show),
-        ("pause", "Stop deliveries until resumed; nothing is skipped.", _sub_pause),
-        ("resume", "Re-enable a paused or disabled subscription.", _sub_resume),
-        ("remove", "Delete a subscription and print what was deleted.", _sub_remove),
+        ("show", "Print one subscription.", admin.sub_show),
+        ("pause", "Stop deliveries until resumed; nothing is skipped.", admin.sub_pause),
+        ("resume", "Re-enable a paused or disabled subscription.", admin.sub_resume),
+        ("remove", "Delete a subscription and print what was deleted.", admin.sub_remove),
     ]:
-        _leaf(sub_cmds, name, text, fn).add_argument("num", type=int, help="SubscriptionNum.")
-    p = _leaf(sub_cmds, "attempts", "Print recent delivery attempts, newest first.", _sub_attempts)
+        _leaf(sub_cmds, name, text, fn, "subscriptions").add_argument(
+            "num", type=int, help="SubscriptionNum."
+        )
+    p = _leaf(
+        sub_cmds,
+        "attempts",
+        "Print recent delivery attempts, newest first.",
+        admin.sub_attempts,
+        "subscriptions",
+    )
     p.add_argument("num", type=int, help="SubscriptionNum.")
     p.add_argument("--limit", type=int, default=100, help="How many (default 100).")
     p = _leaf(
         sub_cmds,
         "rewind",
         "Re-send everything changed since a time; safe while deliveries run.",
-        _sub_rewind,
+        admin.sub_rewind,
+        "subscriptions",
     )
     p.add_argument("num", type=int, help="SubscriptionNum.")
     p.add_argument("--to", required=True, help="ISO 8601 time, not later than DateTimeStart.")
-    p = _leaf(sub_cmds, "update", "Change the named fields only.", _sub_update)
+    p = _leaf(
+        sub_cmds, "update", "Change the named fields only.", admin.sub_update, "subscriptions"
+    )
     p.add_argument("num", type=int, help="SubscriptionNum.")
     _subscription_flags(p)
 
@@ -154,14 +208,36 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("api-keys", help="Manage API keys (stored hashed).")
     key_cmds = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = _leaf(
-        key_cmds, "create", "Create a key for a customer; it is printed only now.", _key_create
+        key_cmds,
+        "create",
+        "Create a key for a customer; it is printed only now.",
+        admin.key_create,
+        "api-keys",
     )
     p.add_argument("--customer-key", required=True, help="The CustomerKey the key acts for.")
-    p = _leaf(key_cmds, "revoke", "Revoke one key, or every key of a customer.", _key_revoke)
+    p.add_argument(
+        "--developer-key",
+        help="Instead of a bearer key, register this Open Dental DeveloperKey with the "
+        "CustomerKey: clients then send Authorization: ODFHIR {DeveloperKey}/{CustomerKey}.",
+    )
+    p = _leaf(
+        key_cmds,
+        "revoke",
+        "Revoke one key, or every key of a customer.",
+        admin.key_revoke,
+        "api-keys",
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--api-key", help="The key to revoke.")
     which.add_argument("--customer-key", help="Revoke every key of this CustomerKey.")
-    _leaf(key_cmds, "list", "List keys (numbers, customers, dates; never the keys).", _key_list)
+    p.add_argument("--developer-key", help="With --customer-key: revoke only that ODFHIR key pair.")
+    _leaf(
+        key_cmds,
+        "list",
+        "List keys (numbers, customers, dates; never the keys).",
+        admin.key_list,
+        "api-keys",
+    )
 
     p = _leaf(commands, "run", "Run several services in one process.", _run)
     p.add_argument(
@@ -203,11 +279,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _leaf(
-    parent: Any, name: str, text: str, handler: Callable[[argparse.Namespace, Settings], int]
+    parent: Any,
+    name: str,
+    text: str,
+    handler: Callable[[argparse.Namespace, Settings], int],
+    group: str = "",
 ) -> argparse.ArgumentParser:
+    """A command that runs ``handler``; its --help lists the settings that ``group name`` reads
+    (the ``used_by`` tags in common/settings.py)."""
     p: argparse.ArgumentParser = parent.add_parser(name, help=text, description=text)
-    p.set_defaults(handler=handler)
-    add_arguments(p)
+    p.set_defaults(handler=handler, command=f"{group} {name}".strip())
+    add_arguments(p, f"{group} {name}".strip())
     return p
 
 
@@ -217,123 +299,7 @@ def _subscription_flags(p: argparse.ArgumentParser) -> None:
         group.add_argument(flag, default=argparse.SUPPRESS, help=text)
 
 
-def _subscription_values(args: argparse.Namespace) -> dict[str, Any]:
-    return {c: getattr(args, c) for c in subscriptions.FIELDS if hasattr(args, c)}
-
-
-# -- handlers -----------------------------------------------------------------------------------
-
-
-def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    with db.connect(settings.database_url) as conn:
-        applied = migrate(conn, sample_schema=args.sample_schema)
-    _print({"applied": applied})
-    return 0
-
-
-def _wt_add(args: argparse.Namespace, settings: Settings) -> int:
-    fields = []
-    for spec in args.field:
-        column, sep, json_name = spec.partition("=")
-        if not sep:
-            raise registry.RegistryError(f"--field: expected COLUMN=JsonName, got {spec!r}")
-        fields.append((column.strip(), json_name.strip()))
-    with db.connect(settings.database_url) as conn, conn.transaction():
-        wt = registry.add(
-            conn,
-            args.name,
-            args.table,
-            args.key_column,
-            args.timestamp_column,
-            fields,
-            stamped_by_application=args.stamped_by_application,
-        )
-    _print(wt.to_json())
-    return 0
-
-
-def _wt_list(args: argparse.Namespace, settings: Settings) -> int:
-    with db.connect(settings.database_url) as conn:
-        _print([wt.to_json() for wt in registry.all_tables(conn)])
-    return 0
-
-
-def _wt_remove(args: argparse.Namespace, settings: Settings) -> int:
-    with db.connect(settings.database_url) as conn, conn.transaction():
-        _print(registry.remove(conn, args.name).to_json())
-    return 0
-
-
-def _with_conn(settings: Settings, fn: Callable[[psycopg.Connection[Any]], Any]) -> int:
-    with db.connect(settings.database_url) as conn:
-        _print(fn(conn))
-    return 0
-
-
-def _sub_add(args: argparse.Namespace, settings: Settings) -> int:
-    policy = EndpointPolicy.from_settings(settings)
-    return _with_conn(
-        settings,
-        lambda c: subscriptions.create(
-            c, _subscription_values(args), policy, settings.watermark_margin_seconds
-        ),
-    )
-
-
-def _sub_list(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, subscriptions.list_all)
-
-
-def _sub_show(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, lambda c: subscriptions.get(c, args.num))
-
-
-def _sub_update(args: argparse.Namespace, settings: Settings) -> int:
-    values = _subscription_values(args)
-    policy = EndpointPolicy.from_settings(settings)
-    return _with_conn(
-        settings,
-        lambda c: subscriptions.update(
-            c, args.num, values, policy, settings.secret_overlap_seconds
-        ),
-    )
-
-
-def _sub_attempts(args: argparse.Namespace, settings: Settings) -> int:
-    if not 1 <= args.limit <= 1000:
-        return _fail("--limit: must be 1 to 1000", EXIT_USAGE)
-    return _with_conn(settings, lambda c: subscriptions.attempts(c, args.num, args.limit))
-
-
-def _sub_rewind(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, lambda c: subscriptions.rewind(c, args.num, args.to))
-
-
-def _sub_pause(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, lambda c: subscriptions.set_status(c, args.num, "paused"))
-
-
-def _sub_resume(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, lambda c: subscriptions.set_status(c, args.num, "active"))
-
-
-def _sub_remove(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, lambda c: subscriptions.remove(c, args.num))
-
-
-def _key_create(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        return _with_conn(settings, lambda c: api_keys.create(c, args.customer_key))
-    except ValueError as e:
-        return _fail(str(e), EXIT_USAGE)
-
-
-def _key_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, lambda c: api_keys.revoke(c, args.api_key, args.customer_key))
-
-
-def _key_list(args: argparse.Namespace, settings: Settings) -> int:
-    return _with_conn(settings, api_keys.list_all)
+# -- services -----------------------------------------------------------------------------------
 
 
 def _api(args: argparse.Namespace, settings: Settings) -> int:
@@ -370,7 +336,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from apievents.allinone import wire
 
     if args.workers < 1:
-        return _fail("--workers: must be at least 1", EXIT_USAGE)
+        return fail("--workers: must be at least 1", EXIT_USAGE)
     return _serve("all-in-one", settings, lambda lc: wire(settings, lc, args.workers))
 
 

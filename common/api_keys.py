@@ -27,6 +27,38 @@ def create(conn: psycopg.Connection[Any], customer_key: str) -> dict[str, Any]:
     return {"CustomerKey": customer_key, "ApiKey": api_key}
 
 
+def odfhir(developer_key: str, customer_key: str) -> str:
+    """The credential of an Open Dental key pair: what ``Authorization: ODFHIR DK/CK`` carries.
+
+    A pair is stored like an API key, as the SHA-256 digest of this text, so a leaked table
+    reveals neither key.
+    """
+    return f"ODFHIR {developer_key}/{customer_key}"
+
+
+def create_pair(
+    conn: psycopg.Connection[Any], customer_key: str, developer_key: str
+) -> dict[str, Any]:
+    """Register an Open Dental DeveloperKey/CustomerKey pair, which then acts for
+    ``customer_key``."""
+    _check("--customer-key", customer_key)
+    _check("--developer-key", developer_key)
+    if "/" in developer_key:
+        raise ValueError("--developer-key: must not contain '/' (it separates the two keys)")
+    try:
+        conn.execute(
+            queries.API_KEY_INSERT, (customer_key, digest(odfhir(developer_key, customer_key)))
+        )
+    except psycopg.errors.UniqueViolation:
+        raise ValueError("--developer-key: this pair is already registered") from None
+    return {"CustomerKey": customer_key, "DeveloperKey": developer_key}
+
+
+def _check(flag: str, key: str) -> None:
+    if not key or len(key) > 255 or any(ord(c) <= 32 for c in key):
+        raise ValueError(f"{flag}: must be 1 to 255 printable characters, without spaces")
+
+
 def customer_of(conn: psycopg.Connection[Any], api_key: str) -> str | None:
     """The CustomerKey of a live key, or None."""
     row = conn.execute(queries.API_KEY_LOOKUP, (digest(api_key),)).fetchone()

@@ -6,24 +6,29 @@ registry and are quoted with ``psycopg.sql.Identifier``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from psycopg import sql
 
 if TYPE_CHECKING:
-    from apievents.common.registry import WatchTable
+    from apievents.common.registry import Derived, WatchTable
 
 PING = "SELECT 1"
 
 # -- WatchTable registry ------------------------------------------------------------------------
 
-REGISTRY_COLUMNS = "name, table_schema, table_name, key_column, timestamp_column, fields"
+REGISTRY_COLUMNS = (
+    "name, table_schema, table_name, key_column, timestamp_column, fields, payload_format, "
+    "enums, derived, row_filter"
+)
 REGISTRY_GET = f"SELECT {REGISTRY_COLUMNS} FROM apievents.watch_table WHERE name = %s"
 REGISTRY_LIST = f"SELECT {REGISTRY_COLUMNS} FROM apievents.watch_table ORDER BY name"
 REGISTRY_INSERT = """
 INSERT INTO apievents.watch_table
-    (name, table_schema, table_name, key_column, timestamp_column, fields)
-VALUES (%s, %s, %s, %s, %s, %s)
+    (name, table_schema, table_name, key_column, timestamp_column, fields, payload_format,
+     enums, derived, row_filter)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 REGISTRY_DELETE = "DELETE FROM apievents.watch_table WHERE name = %s"
 REGISTRY_IN_USE = "SELECT count(*) FROM apievents.subscription WHERE watch_table = %s"
@@ -62,15 +67,15 @@ SUBSCRIPTION_COLUMNS = """
          THEN 'expired' ELSE status END AS status,
     status_reason, last_error, last_http_status, consecutive_failures, next_attempt_at,
     last_attempt_at, last_success_at, claim_job IS NOT NULL AND claim_expires_at > now()
-        AS in_flight
+        AS in_flight, ui_event_type
 """
 SUBSCRIPTION_INSERT = f"""
 INSERT INTO apievents.subscription
     (endpoint_url, workstation, customer_key, watch_table, polling_seconds,
-     date_time_start, date_time_stop, note, secret)
+     date_time_start, date_time_stop, note, secret, ui_event_type)
 VALUES (%(endpoint_url)s, %(workstation)s, %(customer_key)s, %(watch_table)s,
         %(polling_seconds)s, %(date_time_start)s, %(date_time_stop)s,
-        %(note)s, %(secret)s)
+        %(note)s, %(secret)s, %(ui_event_type)s)
 RETURNING {SUBSCRIPTION_COLUMNS}
 """
 SUBSCRIPTION_GET = (
@@ -155,11 +160,12 @@ UPDATABLE = (
     "date_time_stop",
     "note",
     "secret",
+    "ui_event_type",
 )
 
 
 # Changes that leave a window in flight as good as it was: they never touch the claim.
-KEEPS_CLAIM = frozenset({"note", "polling_seconds", "secret"})
+KEEPS_CLAIM = frozenset({"note", "polling_seconds", "secret", "ui_event_type"})
 
 
 def subscription_update(columns: list[str]) -> sql.Composed:
@@ -315,7 +321,10 @@ WHERE claim_job = ANY(%s::uuid[])
 
 def newest_change(wt: WatchTable) -> sql.Composed:
     """The newest timestamp in a watched table: one index lookup, shared by its subscriptions."""
-    return sql.SQL("SELECT max({ts}) FROM {table}").format(ts=wt.ts_ident, table=wt.table_ident)
+    src = row_source(wt)
+    return sql.SQL("SELECT max({ts}) FROM {table} WHERE {where}").format(
+        ts=wt.ts_ident, table=src.table, where=src.where
+    )
 
 
 # Per WatchTable, the position of the furthest-behind active subscription (and whether it sits
@@ -331,8 +340,9 @@ ORDER BY watch_table, date_time_start, cursor_key IS NOT NULL DESC
 def oldest_change_after(wt: WatchTable, *, inclusive: bool) -> sql.Composed:
     """The oldest change after a position: one index lookup. Parameter: start."""
     op = sql.SQL(">=" if inclusive else ">")
-    return sql.SQL("SELECT min({ts}) FROM {table} WHERE {ts} {op} %(start)s").format(
-        ts=wt.ts_ident, table=wt.table_ident, op=op
+    src = row_source(wt)
+    return sql.SQL("SELECT min({ts}) FROM {table} WHERE {where} AND {ts} {op} %(start)s").format(
+        ts=wt.ts_ident, table=src.table, where=src.where, op=op
     )
 
 
@@ -390,24 +400,80 @@ SELECT * FROM unnest(%(nums)s::bigint[], %(starts)s::timestamptz[], %(ends)s::ti
 """
 
 
+@dataclass(frozen=True)
+class RowSource:
+    """A WatchTable's rows as SQL pieces, for any read of what it delivers.
+
+    - ``select``: the delivered values (the registry's fields in order, then its derived
+      fields), followed by the timestamp and the key. ``worker.rows.encode(wt, rows)`` takes
+      rows of exactly this shape; ``worker.rows.position`` reads the last two.
+    - ``table``: the quoted table, not aliased: derived fields refer to its columns through it,
+      so a read must name it as ``FROM {table}`` with no alias.
+    - ``where``: the registry's row filter (AppointmentDeleted: histappointment's Deleted rows),
+      or TRUE. AND it into every read of the table, including "is anything new?".
+
+    A page is ``SELECT {select} FROM {table} WHERE {where} AND <window> ORDER BY ts, key
+    LIMIT n`` (window_page); a read shared by several subscriptions of one WatchTable can use
+    the same pieces with a wider window and split the rows by timestamp.
+    """
+
+    select: sql.Composed
+    table: sql.Identifier
+    where: sql.Composable
+
+
+def row_source(wt: WatchTable) -> RowSource:
+    """The one place that composes what a WatchTable's page rows hold (see RowSource)."""
+    values: list[sql.Composable] = [sql.Identifier(c) for c, _ in wt.fields]
+    values += [_derived(wt, d) for d in wt.derived]
+    select = sql.SQL(", ").join([*values, wt.ts_ident, wt.key_ident])
+    # The filter's values are quoted literals, not parameters: every caller then runs the same
+    # parameters as before, and the planner can match a partial index on the filter
+    # (histappointment_deleted) when it plans the statement.
+    conditions = [
+        sql.SQL("{} = {}").format(sql.Identifier(c), sql.Literal(v)) for c, v in wt.row_filter
+    ]
+    where = sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("TRUE")
+    return RowSource(select, wt.table_ident, where)
+
+
+def _derived(wt: WatchTable, d: Derived) -> sql.Composed:
+    """A derived field: a name read from another table ("" if none), or an ARGB int as R,G,B."""
+    column = sql.Identifier(wt.table_schema, wt.table_name, d.column)
+    if d.lookup is None:
+        return sql.SQL("concat_ws(',', ({c} >> 16) & 255, ({c} >> 8) & 255, {c} & 255)").format(
+            c=column
+        )
+    schema, table, key, value = d.lookup
+    return sql.SQL(
+        "coalesce((SELECT {value}::text FROM {table} WHERE {key} = {column} LIMIT 1), '')"
+    ).format(
+        value=sql.Identifier(schema, table, value),
+        table=sql.Identifier(schema, table),
+        key=sql.Identifier(schema, table, key),
+        column=column,
+    )
+
+
 def window_page(wt: WatchTable, *, first: bool) -> sql.Composed:
     """One keyset page of a window in (timestamp, key) order; never OFFSET.
 
     The first page takes ``ts > start``; later pages continue after the last (ts, key) sent.
-    Parameters: start or (after_ts, after_key), end, limit. Each row is the WatchTable's fields
-    followed by the timestamp and the key, so paging works whatever fields are delivered.
+    Parameters: start or (after_ts, after_key), end, limit. Rows have row_source's shape.
     """
+    src = row_source(wt)
     after = (
         sql.SQL("{ts} > %(start)s")
         if first
         else sql.SQL("({ts}, {key}) > (%(after_ts)s, %(after_key)s)")
     ).format(ts=wt.ts_ident, key=wt.key_ident)
     return sql.SQL(
-        "SELECT {cols}, {ts}, {key} FROM {table} WHERE {after} AND {ts} <= %(end)s "
+        "SELECT {select} FROM {table} WHERE {where} AND {after} AND {ts} <= %(end)s "
         "ORDER BY {ts}, {key} LIMIT %(limit)s"
     ).format(
-        cols=sql.SQL(", ").join(sql.Identifier(c) for c, _ in wt.fields),
-        table=wt.table_ident,
+        select=src.select,
+        table=src.table,
+        where=src.where,
         after=after,
         ts=wt.ts_ident,
         key=wt.key_ident,

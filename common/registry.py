@@ -20,9 +20,47 @@ class RegistryError(ValueError):
     """An unknown WatchTable, or a registration that does not fit the database."""
 
 
+FORMATS = ("iso", "opendental")
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A field computed for each row: a value read from another table, or a color.
+
+    ``lookup`` is (schema, table, key column, value column): the value of the row whose key
+    equals this row's ``column`` ("" when there is none). Without a lookup, ``column`` holds a
+    color as a 32-bit ARGB integer and the field is "R,G,B". ``after`` is the JSON field it
+    follows in a row object.
+    """
+
+    field: str
+    column: str
+    after: str
+    lookup: tuple[str, str, str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The registry's (and the CLI's) form."""
+        out: dict[str, Any] = {"field": self.field, "column": self.column, "after": self.after}
+        return out | ({"lookup": list(self.lookup)} if self.lookup else {"rgb": True})
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Derived:
+        """From ``to_json``'s form."""
+        lookup = tuple(d["lookup"]) if d.get("lookup") else None
+        return cls(d["field"], d["column"], d["after"], lookup)
+
+
+EnumMap = tuple[tuple[int, str], ...]
+
+
 @dataclass(frozen=True)
 class WatchTable:
-    """A watched table: where its rows are, how they are ordered, and their JSON field names."""
+    """A watched table: where its rows are, how they are ordered, and their JSON field names.
+
+    ``payload_format`` is "iso" or "opendental"; the opendental rendering names the values of
+    ``enums`` columns, and adds ``derived`` fields. ``row_filter`` (column, value) pairs select
+    the rows this WatchTable delivers; every other row of the table is not its concern.
+    """
 
     name: str
     table_schema: str
@@ -30,12 +68,27 @@ class WatchTable:
     key_column: str
     timestamp_column: str
     fields: tuple[tuple[str, str], ...]
+    payload_format: str = "iso"
+    enums: tuple[tuple[str, EnumMap], ...] = ()
+    derived: tuple[Derived, ...] = ()
+    row_filter: tuple[tuple[str, int | str], ...] = ()
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> WatchTable:
         """Build from a row of ``queries.REGISTRY_COLUMNS``."""
-        name, schema, table, key, ts, fields = row
-        return cls(name, schema, table, key, ts, tuple((c, j) for c, j in fields))
+        name, schema, table, key, ts, fields, fmt, enums, derived, row_filter = row
+        return cls(
+            name,
+            schema,
+            table,
+            key,
+            ts,
+            tuple((c, j) for c, j in fields),
+            fmt,
+            tuple((c, tuple(sorted((int(v), n) for v, n in m.items()))) for c, m in enums.items()),
+            tuple(Derived.from_json(d) for d in derived),
+            tuple(row_filter.items()),
+        )
 
     @property
     def table_ident(self) -> sql.Identifier:
@@ -57,15 +110,31 @@ class WatchTable:
         """Field names of a delivered row object, in column order."""
         return tuple(j for _, j in self.fields)
 
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Field names of the values a page row carries before its paging columns: the
+        fields, then the derived fields (``queries.row_source`` selects them in this order)."""
+        return self.json_names + tuple(d.field for d in self.derived)
+
     def to_json(self) -> dict[str, Any]:
-        """The registration as printed by the CLI."""
-        return {
+        """The registration as printed by the CLI. The format and its parts appear when they
+        are not the defaults, so an iso registration prints as it always did."""
+        out: dict[str, Any] = {
             "WatchTable": self.name,
             "Table": f"{self.table_schema}.{self.table_name}",
             "KeyColumn": self.key_column,
             "TimestampColumn": self.timestamp_column,
             "Fields": {c: j for c, j in self.fields},
         }
+        if self.payload_format != "iso":
+            out["Format"] = self.payload_format
+        if self.enums:
+            out["Enums"] = {c: {str(v): n for v, n in m} for c, m in self.enums}
+        if self.derived:
+            out["Derived"] = [d.to_json() for d in self.derived]
+        if self.row_filter:
+            out["Where"] = dict(self.row_filter)
+        return out
 
 
 def get(conn: psycopg.Connection[Any], name: str) -> WatchTable:
@@ -105,20 +174,24 @@ def add(
     fields: Sequence[tuple[str, str]] = (),
     *,
     stamped_by_application: bool = False,
+    payload_format: str = "iso",
+    enums: Sequence[tuple[str, EnumMap]] = (),
+    derived: Sequence[Derived] = (),
+    row_filter: Sequence[tuple[str, int | str]] = (),
 ) -> WatchTable:
     """Register a table after checking that its changes can be windowed without loss.
 
     The table must be an ordinary or partitioned table outside the system schemas; the key a
     unique, NOT NULL column; the timestamp ``timestamptz`` with six fractional digits, set by
-    a BEFORE INSERT and UPDATE row trigger (unless ``stamped_by_application``). Nothing is
+    a BEFORE INSERT and UPDATE row trigger (unless ``stamped_by_application``). Enum columns
+    must be delivered fields, and derived fields must read existing columns. Nothing is
     written on error.
     """
     if not _NAME.match(name):
         raise RegistryError(f"--name: {name!r} must be letters, digits and _ (max 63)")
-    schema, _, tname = table.rpartition(".")
-    schema = schema or "public"
-    if schema in SYSTEM_SCHEMAS or schema.startswith("pg_"):
-        raise RegistryError(f"--table: {schema}.{tname} is in a system schema")
+    if payload_format not in FORMATS:
+        raise RegistryError(f"--format: must be one of {', '.join(FORMATS)}")
+    schema, tname = split_table(table)
     oid, columns = _relation(conn, schema, tname)
     where = f"{schema}.{tname}"
     for flag, col in (("--key-column", key_column), ("--timestamp-column", timestamp_column)):
@@ -136,18 +209,99 @@ def add(
     for col, _ in chosen:
         if col not in columns:
             raise RegistryError(f"--field: {where} has no column {col!r}")
-    json_names = [j for _, j in chosen]
-    if len(set(json_names)) != len(json_names) or not all(json_names):
-        raise RegistryError("--field: JSON field names must be unique and non-empty")
-    wt = WatchTable(name, schema, tname, key_column, timestamp_column, tuple(chosen))
+    _check_rendering(conn, where, columns, chosen, enums, derived, row_filter)
+    wt = WatchTable(
+        name,
+        schema,
+        tname,
+        key_column,
+        timestamp_column,
+        tuple(chosen),
+        payload_format,
+        tuple(enums),
+        tuple(derived),
+        tuple(row_filter),
+    )
     try:
         conn.execute(
             queries.REGISTRY_INSERT,
-            (name, schema, tname, key_column, timestamp_column, orjson.dumps(chosen).decode()),
+            (
+                name,
+                schema,
+                tname,
+                key_column,
+                timestamp_column,
+                orjson.dumps(chosen).decode(),
+                payload_format,
+                orjson.dumps({c: {str(v): n for v, n in m} for c, m in enums}).decode(),
+                orjson.dumps([d.to_json() for d in derived]).decode(),
+                orjson.dumps(dict(row_filter)).decode(),
+            ),
         )
     except psycopg.errors.UniqueViolation:
         raise RegistryError(f"--name: WatchTable {name!r} already exists") from None
     return wt
+
+
+def split_table(table: str) -> tuple[str, str]:
+    """(schema, table) of an optionally schema-qualified name, refusing the system schemas."""
+    schema, _, tname = table.rpartition(".")
+    schema = schema or "public"
+    if schema in SYSTEM_SCHEMAS or schema.startswith("pg_"):
+        raise RegistryError(f"--table: {schema}.{tname} is in a system schema")
+    return schema, tname
+
+
+def columns_of(conn: psycopg.Connection[Any], schema: str, table: str) -> dict[str, str] | None:
+    """The columns of a table and their types, or None if there is no such table."""
+    try:
+        _, columns = _relation(conn, schema, table)
+    except RegistryError:
+        return None
+    return {c: col.type for c, col in columns.items()}
+
+
+_INTEGERS = frozenset({"smallint", "integer", "bigint"})
+
+
+def _check_rendering(
+    conn: psycopg.Connection[Any],
+    where: str,
+    columns: dict[str, _Column],
+    chosen: Sequence[tuple[str, str]],
+    enums: Sequence[tuple[str, EnumMap]],
+    derived: Sequence[Derived],
+    row_filter: Sequence[tuple[str, int | str]],
+) -> None:
+    """Enum maps, derived fields and the row filter must fit the table's columns."""
+    delivered = {c for c, _ in chosen}
+    for col, mapping in enums:
+        if col not in delivered:
+            raise RegistryError(f"--enum: {col!r} is not a delivered column of {where}")
+        if columns[col].type not in _INTEGERS or not mapping:
+            raise RegistryError(f"--enum: {col!r} must be an integer column with named values")
+    for d in derived:
+        if d.column not in columns:
+            raise RegistryError(f"derived {d.field}: {where} has no column {d.column!r}")
+        if d.lookup is None and columns[d.column].type not in _INTEGERS:
+            raise RegistryError(f"derived {d.field}: {d.column!r} must hold an ARGB integer")
+        if d.lookup is not None:
+            found = columns_of(conn, d.lookup[0], d.lookup[1]) or {}
+            if not {d.lookup[2], d.lookup[3]} <= set(found):
+                raise RegistryError(
+                    f"derived {d.field}: no table {d.lookup[0]}.{d.lookup[1]} with columns "
+                    f"{d.lookup[2]!r} and {d.lookup[3]!r}"
+                )
+    for col, value in row_filter:
+        if col not in columns:
+            raise RegistryError(f"--where: {where} has no column {col!r}")
+        numeric = columns[col].type in _INTEGERS
+        if isinstance(value, bool) or not isinstance(value, int if numeric else str):
+            kind = "a whole number" if numeric else "text"
+            raise RegistryError(f"--where: {col} is {columns[col].type}; give {kind}")
+    names = [j for _, j in chosen] + [d.field for d in derived]
+    if len(set(names)) != len(names) or not all(names):
+        raise RegistryError("--field: JSON field names must be unique and non-empty")
 
 
 def _relation(

@@ -7,17 +7,61 @@ import dataclasses
 import ipaddress
 import os
 import socket
-from collections.abc import Mapping
+import zoneinfo
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import psycopg
+from psycopg import conninfo
 
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the flag."""
 
 
-def _opt(default: Any, help_text: str) -> Any:
-    return field(default=default, metadata={"help": help_text})
+# -- Which command reads which setting ------------------------------------------------------------
+#
+# A command's --help lists exactly the settings tagged with it, so every field of Settings says
+# who reads it: ``_opt(default, help, used_by=...)`` with command names from COMMANDS (or the
+# groups below). tests/unit/test_settings.py fails on a field tagged for no command, on a name
+# that is not a command, and on a command the CLI does not have. When you add a setting, tag it
+# with every command whose code reads it; `run --all-in-one` reads whatever its three services
+# read, so tag those services, not `run`.
+
+SUBSCRIPTIONS_READ = (
+    "subscriptions list",
+    "subscriptions show",
+    "subscriptions pause",
+    "subscriptions resume",
+    "subscriptions remove",
+    "subscriptions attempts",
+    "subscriptions rewind",
+)
+SUBSCRIPTIONS_WRITE = ("subscriptions add", "subscriptions update")
+API_KEYS = ("api-keys create", "api-keys revoke", "api-keys list")
+WATCH_TABLES = ("watch-tables add", "watch-tables list", "watch-tables remove")
+SERVICES = ("producer", "worker", "committer")
+# Every leaf command of the CLI, by the words that name it.
+COMMANDS = (
+    "migrate",
+    *WATCH_TABLES,
+    *SUBSCRIPTIONS_WRITE,
+    *SUBSCRIPTIONS_READ,
+    "api",
+    *API_KEYS,
+    "run",
+    "demo",
+    *SERVICES,
+)
+# The commands that print or parse times: they read the session time zone.
+_TIMES = (*SUBSCRIPTIONS_WRITE, *SUBSCRIPTIONS_READ, "api-keys list", "api", "worker")
+_EVERY = tuple(c for c in COMMANDS if c != "run")  # run's settings come from SERVICES
+_ENDPOINTS = (*SUBSCRIPTIONS_WRITE, "api", "worker")  # the endpoint (SSRF) policy
+
+
+def _opt(default: Any, help_text: str, *, used_by: Iterable[str]) -> Any:
+    return field(default=default, metadata={"help": help_text, "used_by": frozenset(used_by)})
 
 
 @dataclass(frozen=True)
@@ -25,81 +69,147 @@ class Settings:
     """Configuration shared by every command. Field ``x_y`` is ``APIEVENTS_X_Y`` / ``--x-y``."""
 
     database_url: str = _opt(
-        "postgresql://localhost:5432/apievents", "libpq URL of the office database."
+        "postgresql://localhost:5432/apievents", "libpq URL of the office database.", used_by=_EVERY
     )
     broker_url: str = _opt(
-        "amqp://guest:guest@localhost:5672//", "AMQP URL of RabbitMQ (memory:// runs in-process)."
+        "amqp://guest:guest@localhost:5672//",
+        "AMQP URL of RabbitMQ (memory:// runs in-process).",
+        used_by=(*SERVICES, "demo"),
     )
-    metrics_port: int = _opt(0, "Port for Prometheus /metrics; 0 disables.")
-    queue_prefix: str = _opt("apievents", "Prefix of every exchange and queue name.")
+    metrics_port: int = _opt(0, "Port for Prometheus /metrics; 0 disables.", used_by=SERVICES)
+    queue_prefix: str = _opt(
+        "apievents", "Prefix of every exchange and queue name.", used_by=SERVICES
+    )
     broker_heartbeat: int = _opt(
-        30, "AMQP heartbeat in whole seconds: a silent broker connection is dropped after two."
+        30,
+        "AMQP heartbeat in whole seconds: a silent broker connection is dropped after two.",
+        used_by=SERVICES,
     )
-    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR.")
-    api_host: str = _opt("127.0.0.1", "API: address to listen on (0.0.0.0 in a container).")
-    api_port: int = _opt(8080, "API: port of the Subscriptions REST API.")
-    batch_size: int = _opt(1000, "Rows per webhook POST (1 to 1000).")
+    log_level: str = _opt(
+        "INFO", "DEBUG, INFO, WARNING or ERROR.", used_by=(*SERVICES, "api", "demo")
+    )
+    api_host: str = _opt(
+        "127.0.0.1", "API: address to listen on (0.0.0.0 in a container).", used_by=("api",)
+    )
+    api_port: int = _opt(8080, "API: port of the Subscriptions REST API.", used_by=("api",))
+    batch_size: int = _opt(1000, "Rows per webhook POST (1 to 1000).", used_by=("worker",))
     lease_seconds: float = _opt(
-        120.0, "A claimed window is re-issued if its worker shows no progress for this long."
+        120.0,
+        "A claimed window is re-issued if its worker shows no progress for this long.",
+        used_by=("producer", "worker"),
     )
     checkpoint_batches: int = _opt(
-        10, "Commit progress every this many batches; a failure resends at most this many."
+        10,
+        "Commit progress every this many batches; a failure resends at most this many.",
+        used_by=("worker",),
     )
-    tick_seconds: float = _opt(0.25, "Producer: how often to look for due subscriptions.")
+    tick_seconds: float = _opt(
+        0.1, "Producer: how often to look for due subscriptions.", used_by=("producer",)
+    )
     watermark_margin_seconds: float = _opt(
-        0.05, "Producer: window ends stay this far behind the database clock (see README)."
+        0.05,
+        "Producer: window ends stay this far behind the database clock (see README).",
+        used_by=("producer", "subscriptions add", "api", "demo"),
     )
     watermark_warn_seconds: float = _opt(
-        300.0, "Producer: warn when open transactions hold deliveries back longer than this."
+        300.0,
+        "Producer: warn when open transactions hold deliveries back longer than this.",
+        used_by=("producer",),
     )
     max_windows_per_customer: int = _opt(
         100,
         "Producer: most windows in flight for one CustomerKey (0: no cap), so one customer's "
         "hanging endpoints take at most that many worker slots.",
+        used_by=("producer",),
     )
     claim_batch: int = _opt(
-        10000, "Producer: most subscriptions claimed (and published) in one tick."
+        10000,
+        "Producer: most subscriptions claimed (and published) in one tick.",
+        used_by=("producer",),
     )
     worker_concurrency: int = _opt(
-        64, "Worker: windows delivered at once by one process (its POSTs in flight)."
+        64,
+        "Worker: windows delivered at once by one process (its POSTs in flight).",
+        used_by=("worker",),
     )
     worker_batch: int = _opt(
-        200, "Worker: most jobs taken over together (one statement, shared table reads)."
+        200,
+        "Worker: most jobs taken over together (one statement, shared table reads).",
+        used_by=("worker",),
     )
     worker_linger_seconds: float = _opt(
-        0.005, "Worker: how long to wait for more ready jobs before starting a batch."
+        0.005,
+        "Worker: how long to wait for more ready jobs before starting a batch.",
+        used_by=("worker",),
     )
-    worker_db_connections: int = _opt(8, "Worker: most database connections of one process.")
-    http_timeout: float = _opt(30.0, "Worker: seconds to wait for an endpoint's answer.")
-    http_connect_timeout: float = _opt(5.0, "Worker: seconds to wait for a TCP/TLS connection.")
+    worker_db_connections: int = _opt(
+        8, "Worker: most database connections of one process.", used_by=("worker",)
+    )
+    http_timeout: float = _opt(
+        30.0, "Worker: seconds to wait for an endpoint's answer.", used_by=("worker",)
+    )
+    http_connect_timeout: float = _opt(
+        5.0, "Worker: seconds to wait for a TCP/TLS connection.", used_by=("worker",)
+    )
     sender_name: str = _opt(
-        socket.gethostname(), "Worker: Workstation header when a subscription names none."
+        socket.gethostname(),
+        "Worker: Workstation header when a subscription names none.",
+        used_by=("worker",),
     )
     deny_private_endpoints: bool = _opt(
-        False, "Also refuse endpoints on loopback and private networks (1/0)."
+        False, "Also refuse endpoints on loopback and private networks (1/0).", used_by=_ENDPOINTS
     )
     allowed_networks: str = _opt(
-        "", "Comma-separated CIDRs always allowed, overriding --deny-private-endpoints."
+        "",
+        "Comma-separated CIDRs always allowed, overriding --deny-private-endpoints.",
+        used_by=_ENDPOINTS,
     )
-    https_only: bool = _opt(False, "Refuse endpoints that are not https:// (1/0).")
-    ca_bundle: str = _opt("", "PEM file of CAs to verify endpoints' TLS with (default: certifi).")
+    https_only: bool = _opt(
+        False, "Refuse endpoints that are not https:// (1/0).", used_by=_ENDPOINTS
+    )
+    ca_bundle: str = _opt(
+        "", "PEM file of CAs to verify endpoints' TLS with (default: certifi).", used_by=("worker",)
+    )
     secret_overlap_seconds: float = _opt(
-        86400.0, "After a secret is replaced, keep signing with the old one too for this long."
+        86400.0,
+        "After a secret is replaced, keep signing with the old one too for this long.",
+        used_by=("subscriptions update", "api"),
     )
     disable_after_seconds: float = _opt(
-        259200.0, "Disable a subscription that has failed continuously for this long."
+        259200.0,
+        "Disable a subscription that has failed continuously for this long.",
+        used_by=("committer",),
     )
     attempt_retention_seconds: float = _opt(
-        604800.0, "Keep the attempt log for this long (and at most 1000 per subscription)."
+        604800.0,
+        "Keep the attempt log for this long (and at most 1000 per subscription).",
+        used_by=("producer",),
     )
-    retry_base_seconds: float = _opt(5.0, "First retry delay after a failed window.")
-    retry_cap_seconds: float = _opt(3600.0, "Longest retry delay after repeated failures.")
-    commit_batch: int = _opt(500, "Committer: most outcomes applied in one transaction.")
+    retry_base_seconds: float = _opt(
+        5.0, "First retry delay after a failed window.", used_by=("committer",)
+    )
+    retry_cap_seconds: float = _opt(
+        3600.0, "Longest retry delay after repeated failures.", used_by=("committer",)
+    )
+    commit_batch: int = _opt(
+        500, "Committer: most outcomes applied in one transaction.", used_by=("committer",)
+    )
     commit_linger_seconds: float = _opt(
-        0.05, "Committer: how long to wait for more outcomes before applying a batch."
+        0.05,
+        "Committer: how long to wait for more outcomes before applying a batch.",
+        used_by=("committer",),
+    )
+    timezone: str = _opt(
+        "",
+        "Time zone of database sessions (IANA name, e.g. America/Chicago): Open Dental-format "
+        "payloads and /api/v1 answers show times in it, and times without an offset are read "
+        "in it. Empty: the database's TimeZone.",
+        used_by=_TIMES,
     )
     shutdown_timeout: float = _opt(
-        25.0, "On SIGTERM, seconds to let in-flight work finish before handing it back."
+        25.0,
+        "On SIGTERM, seconds to let in-flight work finish before handing it back.",
+        used_by=("worker",),
     )
 
     def __post_init__(self) -> None:
@@ -133,6 +243,13 @@ class Settings:
         for name, ok, why in checks:
             if not ok:
                 raise SettingsError(f"--{_flag(name)}: {why}")
+        if self.timezone:
+            # Every connection of every command gets the zone as its session TimeZone, so the
+            # worker, the API and the CLI render and read times alike without threading a zone
+            # through each of them; psycopg then hands out datetimes in that zone.
+            object.__setattr__(
+                self, "database_url", with_timezone(self.database_url, self.timezone)
+            )
 
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """--allowed-networks parsed."""
@@ -179,6 +296,30 @@ _POSITIVE = (
 _TYPES: dict[str, Any] = {f.name: f.type for f in dataclasses.fields(Settings)}
 
 
+def with_timezone(url: str, zone: str) -> str:
+    """The libpq connection string ``url`` whose sessions use ``zone`` as their TimeZone."""
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise SettingsError(f"--timezone: unknown time zone {zone!r}") from None
+    try:
+        params = conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as e:
+        raise SettingsError(f"--database-url: {e}") from None
+    setting = f"-c TimeZone={zone}"
+    options = str(params.get("options") or "")
+    if f"TimeZone={zone}" in options.split():
+        return url  # already folded in (dataclasses.replace runs __post_init__ again)
+    # A later -c wins, so this overrides a TimeZone the URL itself may set.
+    return conninfo.make_conninfo(url, options=f"{options} {setting}".strip())
+
+
+def settings_for(command: str) -> list[dataclasses.Field[Any]]:
+    """The settings fields that ``command`` (a name from COMMANDS) reads, in declared order."""
+    readers = set(SERVICES) if command == "run" else {command}
+    return [f for f in dataclasses.fields(Settings) if f.metadata["used_by"] & readers]
+
+
 def env_name(name: str) -> str:
     """The environment variable for a settings field."""
     return "APIEVENTS_" + name.upper()
@@ -206,10 +347,11 @@ def _convert(name: str, kind: Any, raw: Any) -> Any:
     return raw
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--flag`` per settings field; unset flags fall back to the environment."""
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add a ``--flag`` per setting that ``command`` reads; unset flags fall back to the
+    environment."""
     group = parser.add_argument_group("settings (each also read from its environment variable)")
-    for f in dataclasses.fields(Settings):
+    for f in settings_for(command):
         group.add_argument(
             "--" + _flag(f.name),
             dest=f.name,

@@ -26,8 +26,15 @@ FIELDS = {
     "date_time_stop": "DateTimeStop",
     "note": "Note",
     "secret": "Secret",
+    "ui_event_type": "UiEventType",
 }
 _MAX_TEXT = {"workstation": 255, "customer_key": 255, "note": 4000}
+# Open Dental's UI events fire inside its program, on a user's action; there is no such
+# program here, so a subscription may carry one (it is stored and answered) but only its
+# WatchTable is delivered.
+UI_EVENT_TYPES = ("", "PatientSelected")
+# Open Dental's "no date": a DateTimeStop of 0001-01-01 means the subscription never stops.
+NO_STOP = datetime(1, 1, 1)
 
 
 class InputError(ValueError):
@@ -56,6 +63,12 @@ def validate(
 ) -> dict[str, Any]:
     """Check and normalise input; every problem is an InputError naming its field."""
     out: dict[str, Any] = {}
+    if values.get("ui_event_type") and not values.get("watch_table") and not partial:
+        raise InputError(
+            "ui_event_type",
+            f"{values['ui_event_type']} is a UI event, which fires inside the Open Dental "
+            "program; apievents delivers database events only: name a WatchTable",
+        )
     for column, raw in values.items():
         if column not in FIELDS:
             raise InputError(column, "unknown field")
@@ -88,7 +101,14 @@ def _check(conn: psycopg.Connection[Any], column: str, raw: Any) -> Any:
     if column == "polling_seconds":
         return _positive_int(column, raw)
     if column in ("date_time_start", "date_time_stop"):
-        return None if raw is None else _in_db_zone(conn, parse_time(column, raw))
+        when = None if raw is None else parse_time(column, raw)
+        if column == "date_time_stop" and when is not None and when.replace(tzinfo=None) == NO_STOP:
+            return None
+        return None if when is None else _in_db_zone(conn, when)
+    if column == "ui_event_type":
+        if raw not in UI_EVENT_TYPES:
+            raise InputError(column, "must be PatientSelected or empty")
+        return raw
     if column == "secret":
         return check_secret(raw)
     if not isinstance(raw, str) or len(raw) > _MAX_TEXT[column]:
@@ -181,7 +201,13 @@ def create(
     """
     clean = validate(conn, values, partial=False, policy=policy)
     clean.setdefault("secret", new_secret())
-    params = dict.fromkeys(FIELDS) | {"workstation": "", "customer_key": "", "note": ""} | clean
+    defaults: dict[str, Any] = {
+        "workstation": "",
+        "customer_key": "",
+        "note": "",
+        "ui_event_type": "",
+    }
+    params = dict.fromkeys(FIELDS) | defaults | clean
     with conn.transaction():
         if params["date_time_start"] is None:
             start = watermark.read(conn, timedelta(seconds=margin)).end
@@ -286,7 +312,10 @@ def remove(conn: psycopg.Connection[Any], num: int) -> dict[str, Any]:
 
 
 def to_json(row: Sequence[Any] | None, num: int | None = None) -> dict[str, Any]:
-    """Open Dental's field names, plus Status and the delivery state."""
+    """Open Dental's field names, plus Status and the delivery state.
+
+    The CLI prints it without UiEventType (``cli_form``): its JSON predates the field.
+    """
     if row is None:
         raise NotFound(num)
     (
@@ -308,6 +337,7 @@ def to_json(row: Sequence[Any] | None, num: int | None = None) -> dict[str, Any]
         last_attempt,
         last_success,
         in_flight,
+        ui_event_type,
     ) = row
     return {
         "SubscriptionNum": sub_num,
@@ -328,8 +358,17 @@ def to_json(row: Sequence[Any] | None, num: int | None = None) -> dict[str, Any]
         "LastAttempt": _iso(last_attempt),
         "LastSuccess": _iso(last_success),
         "InFlight": in_flight,
+        "UiEventType": ui_event_type,
     }
 
 
 def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat()
+
+
+def cli_form(obj: Any) -> Any:
+    """A subscription (or a list of them) as the CLI prints it: without UiEventType, which
+    the CLI cannot set and whose JSON is a contract from before it."""
+    if isinstance(obj, list):
+        return [cli_form(o) for o in obj]
+    return {k: v for k, v in obj.items() if k != "UiEventType"}

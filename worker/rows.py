@@ -12,6 +12,7 @@ import psycopg
 
 from apievents.common import queries
 from apievents.common.registry import WatchTable
+from apievents.worker import payload
 
 
 class RowEncodingError(ValueError):
@@ -42,9 +43,16 @@ def position(row: Sequence[Any]) -> tuple[Any, Any]:
 
 
 def encode(wt: WatchTable, rows: Sequence[Sequence[Any]]) -> bytes:
-    """A JSON array of row objects with the WatchTable's field names (paging columns dropped)."""
-    names = wt.json_names
+    """A JSON array of row objects in the WatchTable's payload format (paging columns dropped).
+
+    ``rows`` have the shape of ``queries.row_source(wt).select``. The ``iso`` format sends
+    values as orjson renders them (ISO 8601 times); ``opendental`` as Open Dental does
+    (worker/payload.py).
+    """
     try:
+        if wt.payload_format == "opendental":
+            return orjson.dumps(payload.objects(wt, rows), default=_extra)
+        names = wt.output_names
         return orjson.dumps([dict(zip(names, row, strict=False)) for row in rows], default=_extra)
     except TypeError as e:
         raise RowEncodingError(str(e)) from None

@@ -36,6 +36,18 @@ def test_api_serves_with_cli_managed_keys(database_url: str) -> None:
         )
         assert r.status_code == 201 and r.json()["CustomerKey"] == "office-1"
         assert httpx.get(f"{base}/openapi.json").json()["info"]["title"] == "apievents"
+        pair = cli_json(
+            env, "api-keys", "create", "--customer-key", "office-1", "--developer-key", "DK1"
+        )
+        assert pair == {"CustomerKey": "office-1", "DeveloperKey": "DK1"}
+        again = cli(
+            env, "api-keys", "create", "--customer-key", "office-1", "--developer-key", "DK1"
+        )
+        assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
+        od = {"Authorization": "ODFHIR DK1/office-1"}
+        (listed,) = httpx.get(f"{base}/api/v1/subscriptions", headers=od).json()
+        assert listed["DateTimeStop"] == "0001-01-01 00:00:00" and listed["UiEventType"] == ""
+        assert httpx.get(f"{base}/readyz").status_code == 200
         revoked = cli_json(env, "api-keys", "revoke", "--api-key", created["ApiKey"])
         assert [k["CustomerKey"] for k in revoked] == ["office-1"]
         assert httpx.get(f"{base}/subscriptions", headers=auth).status_code == 401

@@ -87,6 +87,7 @@ def test_add_prints_open_dental_fields_and_defaults_start_to_now(env: dict[str, 
         SECRET,
     )
     assert set(sub) >= ALL_FIELDS
+    assert "UiEventType" not in sub  # the CLI's JSON is a contract from before the field
     assert (sub["CustomerKey"], sub["Workstation"], sub["Note"]) == ("CK1", "WS", "hello")
     assert sub["Status"] == "active" and sub["PollingSeconds"] == 5
     assert sub["Secret"] == SECRET  # shown by `add` only
@@ -324,3 +325,60 @@ def test_unreachable_database_is_a_clear_error(env: dict[str, str]) -> None:
     )
     assert done.returncode == 1
     assert done.stderr.startswith("apievents: error: cannot reach the database")
+
+
+def test_opendental_schema_is_an_alternative_to_the_sample_schema(
+    empty_env: dict[str, str],
+) -> None:
+    both = cli(empty_env, "migrate", "--sample-schema", "--opendental-schema")
+    assert both.returncode == 2 and both.stdout == ""
+    assert both.stderr.count("\n") == 1 and "alternatives" in both.stderr
+    applied = cli_json(empty_env, "migrate", "--opendental-schema")["applied"]
+    assert "opendental.sql" in applied and "WatchTable AppointmentDeleted" in applied
+    assert cli_json(empty_env, "migrate", "--opendental-schema")["applied"] == ["opendental.sql"]
+    sample = cli(empty_env, "migrate", "--sample-schema")
+    assert sample.returncode == 2 and sample.stderr.count("\n") == 1, sample.stderr
+    tables = {w["WatchTable"]: w for w in cli_json(empty_env, "watch-tables", "list")}
+    assert {w["Format"] for w in tables.values()} == {"opendental"}
+    assert tables["Appointment"]["Enums"]["aptstatus"]["1"] == "Scheduled"
+    import psycopg
+
+    with psycopg.connect(empty_env["APIEVENTS_DATABASE_URL"], autocommit=True) as conn:
+        for table in ("appointment", "patient", "histappointment"):
+            conn.execute(f"INSERT INTO {table} DEFAULT VALUES")  # every column has a default
+
+
+def test_watch_tables_add_with_the_opendental_format(
+    env: dict[str, str], database_url: str
+) -> None:
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE procedurelog (procnum bigint PRIMARY KEY, procstatus smallint, "
+            "datetstamp timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(
+            "CREATE TRIGGER procedurelog_stamp BEFORE INSERT OR UPDATE ON procedurelog "
+            "FOR EACH ROW EXECUTE FUNCTION apievents.stamp_now('datetstamp')"
+        )
+    base = ["watch-tables", "add", "--table", "procedurelog", "--key-column", "procnum"]
+    base += ["--timestamp-column", "datetstamp", "--format", "opendental"]
+    wt = cli_json(
+        env, *base, "--name", "Done", "--enum", "procstatus=1:TP,2:C", "--where", "procstatus=2"
+    )
+    assert (wt["Format"], wt["Enums"], wt["Where"]) == (
+        "opendental",
+        {"procstatus": {"1": "TP", "2": "C"}},
+        {"procstatus": 2},
+    )
+    for bad, flag in (
+        (["--enum", "procstatus=Nope"], "--enum"),
+        (["--where", "nosuch=1"], "--where"),
+        (["--where", "procstatus=x"], "--where"),
+    ):
+        done = cli(env, *base, "--name", "Bad", *bad)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith(f"apievents: error: {flag}:"), done.stderr
+    iso = cli(env, *base[:-2], "--name", "Iso", "--enum", "procstatus=YN")
+    assert iso.returncode == 2 and "--enum: only with --format opendental" in iso.stderr

@@ -81,7 +81,7 @@ def test_custom_resources_have_the_expected_shape() -> None:
     (hpa,) = manifests("HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "apievents-worker"
     (sm,) = manifests("ServiceMonitor")
-    (svc,) = manifests("Service")
+    (svc,) = [s for s in manifests("Service") if s["metadata"]["name"] == "apievents-metrics"]
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
 
@@ -101,7 +101,7 @@ def test_deployments_probe_health_and_outlive_graceful_shutdown() -> None:
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert {"requests", "limits"} <= set(container["resources"])
         assert spec["securityContext"]["runAsNonRoot"] is True
-    assert names == {"producer", "committer", "worker"}
+    assert names == {"producer", "committer", "worker", "api"}
     assert {
         p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
         for p in manifests("PodDisruptionBudget")
@@ -132,6 +132,21 @@ def test_dockerfile_is_multi_stage_non_root_with_apievents_entrypoint() -> None:
     assert re.search(r'^ENTRYPOINT \["apievents"\]', text, re.M)
     for folder in ("apievents", "api", "common", "producer", "worker", "committer"):
         assert f"COPY {folder} " in text
+
+
+def test_the_api_is_deployed_like_the_services() -> None:
+    (dep,) = [d for d in manifests("Deployment") if d["metadata"]["name"] == "apievents-api"]
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["APIEVENTS_API_HOST"] == "0.0.0.0"
+    (port,) = container["ports"]
+    assert int(env["APIEVENTS_API_PORT"]) == port["containerPort"]
+    (svc,) = [s for s in manifests("Service") if s["metadata"]["name"] == "apievents-api"]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert container["readinessProbe"]["httpGet"]["port"] == port["name"]
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["api"]
+    assert compose["command"] == ["api"] and compose["environment"]["APIEVENTS_API_HOST"]
 
 
 def test_compose_runs_the_full_stack() -> None:

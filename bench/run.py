@@ -36,6 +36,15 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BACKFILL_ROWS = int(os.environ.get("BENCH_BACKFILL_ROWS", "1000000"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))
 CONCURRENCY = os.environ.get("BENCH_WORKER_CONCURRENCY", "32")
+# Only these forms (comma-separated, e.g. "ours" while profiling); every form by default.
+FORMS = {f.strip() for f in os.environ.get("BENCH_FORMS", "").split(",") if f.strip()}
+
+
+def wanted(form: str) -> bool:
+    """Whether BENCH_FORMS lets ``form`` run ("ours" stands for every form of ours)."""
+    return not FORMS or form in FORMS or ("ours" in FORMS and form.startswith("ours"))
+
+
 OURS = "ours, 1 worker"
 # The live scenarios: subscriptions per receiver path, all polling every second.
 LIVE = (
@@ -300,7 +309,8 @@ class Bench:
             self.lives(which)
             if "4" in which:
                 self.idle(OURS, self.ours(1))
-                self.idle("seed loop", self.baseline("seed", SECONDS + 10))
+                if wanted("seed loop"):
+                    self.idle("seed loop", self.baseline("seed", SECONDS + 10))
         finally:
             receiver.terminate()
             receiver.wait()
@@ -319,10 +329,14 @@ class Bench:
             )
             conn.execute("ANALYZE appointment")
         if "1" in which:
-            self.backfill(OURS, self.ours(1))
-            self.backfill("seed loop", self.baseline("seed", 900))
-            self.backfill("raw limit", self.baseline("raw", 900))
-            self.backfill("celery", self.celery(900))
+            for form, run in (
+                (OURS, lambda: self.ours(1)),
+                ("seed loop", lambda: self.baseline("seed", 900)),
+                ("raw limit", lambda: self.baseline("raw", 900)),
+                ("celery", lambda: self.celery(900)),
+            ):
+                if wanted(form):
+                    self.backfill(form, run())
         if "5" in which:
             self.backfill("ours, 2 workers", self.ours(2), "5 backfill, 2 workers")
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -333,10 +347,14 @@ class Bench:
         for label, groups in LIVE:
             if label[0] not in which:
                 continue
-            self.live(label, OURS, self.ours(1), groups)
-            self.live(label, "seed loop", self.baseline("seed", SECONDS + 40), groups)
-            self.live(label, "raw limit", self.baseline("raw", SECONDS + 40), groups)
-            self.live(label, "celery", self.celery(SECONDS + 40), groups)
+            for form, run in (
+                (OURS, lambda: self.ours(1)),
+                ("seed loop", lambda: self.baseline("seed", SECONDS + 40)),
+                ("raw limit", lambda: self.baseline("raw", SECONDS + 40)),
+                ("celery", lambda: self.celery(SECONDS + 40)),
+            ):
+                if wanted(form):
+                    self.live(label, form, run(), groups)
             if label[0] == "2" and "5" in which:
                 self.live("5 1000 subs, 2 workers", "ours, 2 workers", self.ours(2), groups)
 

@@ -264,25 +264,27 @@ _DUE = f"""
 # One customer's windows in flight are capped when work is claimed, so its hanging endpoints
 # take at most that many of the workers' slots (subscriptions without a CustomerKey are the
 # operator's own and not capped; a cap of 0 turns it off). Within a customer, the longest due
-# go first. Several producer replicas may each claim up to the cap in the same moment.
+# go first. Several producer replicas may each claim up to the cap in the same moment. The
+# candidates are computed once, as an array: a row that another transaction updated meanwhile
+# is re-checked against the outer conditions only (a join there would be re-run for each).
 DUE_FOR_UPDATE = f"""
-WITH due AS (
-    SELECT subscription_num, customer_key, row_number() OVER (
-        PARTITION BY customer_key ORDER BY next_attempt_at, subscription_num) AS nth
-    FROM apievents.subscription WHERE {_DUE}
-), busy AS (
-    SELECT customer_key, count(*) AS n FROM apievents.subscription
-    WHERE claim_job IS NOT NULL AND claim_expires_at > now()
-      AND customer_key IN (SELECT customer_key FROM due)
-    GROUP BY customer_key
-)
 SELECT s.subscription_num, s.watch_table, s.date_time_start, s.cursor_key, s.date_time_stop,
        s.consecutive_failures
 FROM apievents.subscription s
 WHERE {_DUE}
-  AND s.subscription_num IN (
+  AND s.subscription_num = ANY(ARRAY(
+    WITH due AS (
+        SELECT subscription_num, customer_key, row_number() OVER (
+            PARTITION BY customer_key ORDER BY next_attempt_at, subscription_num) AS nth
+        FROM apievents.subscription WHERE {_DUE}
+    ), busy AS (
+        SELECT customer_key, count(*) AS n FROM apievents.subscription
+        WHERE claim_job IS NOT NULL AND claim_expires_at > now()
+          AND customer_key IN (SELECT customer_key FROM due)
+        GROUP BY customer_key
+    )
     SELECT d.subscription_num FROM due d LEFT JOIN busy b USING (customer_key)
-    WHERE d.customer_key = '' OR %(cap)s <= 0 OR d.nth + coalesce(b.n, 0) <= %(cap)s)
+    WHERE d.customer_key = '' OR %(cap)s <= 0 OR d.nth + coalesce(b.n, 0) <= %(cap)s))
 ORDER BY s.next_attempt_at, s.subscription_num
 LIMIT %(limit)s
 FOR UPDATE OF s SKIP LOCKED

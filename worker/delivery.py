@@ -41,7 +41,8 @@ class Disposition(enum.Enum):
 
 @dataclass(frozen=True)
 class Context:
-    """What every window of a worker shares."""
+    """What every window of a worker shares; ``posts`` are the POST slots (worker
+    concurrency): a window waits for one, outside its POST's deadline."""
 
     pool: AsyncConnectionPool
     sender: Sender
@@ -50,6 +51,7 @@ class Context:
     workstation: str
     checkpoint_batches: int
     report: Callable[[Checkpoint], None]
+    posts: asyncio.Semaphore
 
 
 class _LostClaim(Exception):
@@ -91,6 +93,7 @@ class _Window:
         self.sent = self.batches = 0
         self.position: tuple[Any, Any] | None = None  # of the last row answered 200
         self.seq = target.seq
+        self.leased = asyncio.get_running_loop().time()  # the take-over set the lease
         self.attempts: list[dict[str, Any]] = []
         self._next: asyncio.Task[list[Row]] | None = None
 
@@ -104,9 +107,10 @@ class _Window:
             full = len(page) == self.ctx.batch_size
             if more and (full or first is not None):  # read on while this page is sent
                 self._next = asyncio.create_task(self._read(rows.position(page[-1])))
-            if self.batches:
-                await self._extend_lease()
-            answer = await self._post(page)
+            async with self.ctx.posts:
+                if self.batches or self._lease_aged():
+                    await self._extend_lease()
+                answer = await self._post(page)
             if not answer.ok:
                 self._cancel_read()
                 return self.outcome(answer)
@@ -126,8 +130,14 @@ class _Window:
             self.ctx.pool, self.wt, self.t.start, self.t.job.window_end, after, self.ctx.batch_size
         )
 
+    def _lease_aged(self) -> bool:
+        """True if waiting for a POST slot ate into the lease the take-over set: a POST must
+        start with a full lease ahead of it, longer than its deadline."""
+        return asyncio.get_running_loop().time() - self.leased > self.ctx.lease / 4
+
     async def _extend_lease(self) -> None:
         params = self.t.claim | {"lease": self.ctx.lease}
+        self.leased = asyncio.get_running_loop().time()
         async with self.ctx.pool.connection() as conn:
             if (await conn.execute(queries.EXTEND_LEASE, params)).rowcount != 1:
                 self._cancel_read()

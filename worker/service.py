@@ -25,16 +25,23 @@ from apievents.common import broker, metrics
 from apievents.common.broker import TRANSIENT_ERRORS, BrokerLost, Message, Session, Unconfirmed
 from apievents.common.lifecycle import Lifecycle, Wired, async_readiness
 from apievents.common.logs import error_text
-from apievents.common.messages import Checkpoint, Job, MessageError, Outcome, reports_to_bytes
+from apievents.common.messages import (
+    Checkpoint,
+    Job,
+    MessageError,
+    Outcome,
+    Report,
+    reports_to_bytes,
+)
 from apievents.common.settings import Settings
 from apievents.common.topology import JOBS, OUTCOMES
 from apievents.worker.delivery import Disposition
-from apievents.worker.windows import DatabaseWindows, Report, Result, Windows
+from apievents.worker.windows import DatabaseWindows, OnCheckpoint, Result, Windows
 
 log = logging.getLogger(__name__)
 CONFIRM_TIMEOUT = 10.0  # seconds to wait for the broker to confirm a burst of reports
 
-OpenWindows = Callable[[Settings, Report], Awaitable[Windows]]
+OpenWindows = Callable[[Settings, OnCheckpoint], Awaitable[Windows]]
 
 
 @dataclass(eq=False)
@@ -63,8 +70,9 @@ class Worker:
         self._ready: list[_Job] = []
         self._linger: asyncio.TimerHandle | None = None
         self._jobs: set[_Job] = set()  # every job message not yet settled
-        self._outbox: list[tuple[Outcome | Checkpoint, _Job | None]] = []
-        self._flushing = False
+        self._outbox: list[tuple[Report, _Job | None]] = []
+        self._flush_due = False
+        self._publishing = 0  # bursts waiting for their confirms
         self._background: set[asyncio.Future[None]] = set()
 
     def run(self) -> None:
@@ -85,7 +93,7 @@ class Worker:
         session = await broker.connect(s.broker_url, s.queue_prefix, s.broker_heartbeat)
         self.session = session
         try:
-            await session.consume(JOBS, s.worker_concurrency, self._on_message)
+            await session.consume(JOBS, prefetch(s), self._on_message)
             self.lifecycle.connected.set()
             self._flush()  # reports that waited for a session
             stopping = asyncio.ensure_future(self._until_stopped())
@@ -204,32 +212,34 @@ class Worker:
         self._flush()
 
     def _flush(self) -> None:
-        """Hand on what waits in one confirmed burst, once this loop pass has added to it."""
-        if not self._flushing and self._outbox and self.session is not None:
-            self._flushing = True
-            asyncio.get_running_loop().call_soon(lambda: self._spawn(self._publish()))
+        """Hand on what waits in one burst at the end of this loop pass. Bursts do not wait for
+        each other: each awaits its own confirm, so a slow confirm never holds up the next."""
+        if not self._flush_due and self._outbox and self.session is not None:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
 
-    async def _publish(self) -> None:
+    def _flush_now(self) -> None:
+        self._flush_due = False
+        if self._outbox and self.session is not None:
+            sent, self._outbox = self._outbox, []
+            self._spawn(self._publish(self.session, sent))
+
+    async def _publish(self, session: Session, sent: list[tuple[Report, _Job | None]]) -> None:
+        self._publishing += 1
         try:
-            while self._outbox and self.session is not None:
-                session, sent = self.session, self._outbox
-                self._outbox = []
-                body = reports_to_bytes([report for report, _ in sent])
-                try:
-                    await session.publish([body], OUTCOMES, CONFIRM_TIMEOUT)
-                except BrokerLost:
-                    self._outbox = sent + self._outbox  # the next session hands them on
-                    return
-                except Unconfirmed:  # maybe lost: their jobs go back, the claims sort it out
-                    self._settle_all(sent, Disposition.REQUEUE)
-                    continue
-                self._settle_all(sent, None)
+            body = reports_to_bytes([report for report, _ in sent])
+            await session.publish([body], OUTCOMES, CONFIRM_TIMEOUT)
+        except BrokerLost:
+            self._outbox = sent + self._outbox  # the next session hands them on
+            return
+        except Unconfirmed:  # maybe lost: their jobs go back, and the claims sort it out
+            self._settle_all(sent, Disposition.REQUEUE)
+            return
         finally:
-            self._flushing = False
+            self._publishing -= 1
+        self._settle_all(sent, None)
 
-    def _settle_all(
-        self, sent: list[tuple[Outcome | Checkpoint, _Job | None]], how: Disposition | None
-    ) -> None:
+    def _settle_all(self, sent: list[tuple[Report, _Job | None]], how: Disposition | None) -> None:
         for _, entry in sent:
             if entry is not None:
                 self._settle(entry, how)
@@ -268,13 +278,20 @@ class Worker:
         for entry in list(self._jobs):
             log.info("window_handed_back", extra={"job": entry.job.job_id})
             self._settle(entry, Disposition.REQUEUE)
-        while (self._outbox or self._flushing) and self.session and not self.session.closed.done():
+        session = self.session
+        while (self._outbox or self._publishing) and session and not session.closed.done():
             await asyncio.sleep(0.01)  # the last outcomes and their confirms
 
     @property
     def busy(self) -> int:
         """Job messages not yet settled (for tests and status)."""
         return len(self._jobs)
+
+
+def prefetch(s: Settings) -> int:
+    """Jobs one worker holds: more than it POSTs at once, because a job stays unacked until
+    its outcome's confirm is back, and that wait must not idle the POST slots."""
+    return max(4 * s.worker_concurrency, s.worker_batch)
 
 
 def build(settings: Settings, lifecycle: Lifecycle) -> Wired:

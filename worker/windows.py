@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 REGISTRY_TTL = 60.0  # a WatchTable is never changed while subscriptions use it
 
 Result = Outcome | Disposition
-Report = Callable[[Checkpoint], None]
+OnCheckpoint = Callable[[Checkpoint], None]
 
 
 class Windows(Protocol):
@@ -49,7 +49,7 @@ class Windows(Protocol):
 class DatabaseWindows:
     """Windows of real claims, rows and endpoints."""
 
-    def __init__(self, settings: Settings, report: Report) -> None:
+    def __init__(self, settings: Settings, report: OnCheckpoint) -> None:
         self.s = settings
         self.pool = AsyncConnectionPool(
             settings.database_url,
@@ -74,12 +74,13 @@ class DatabaseWindows:
             settings.sender_name,
             settings.checkpoint_batches,
             report,
+            asyncio.Semaphore(settings.worker_concurrency),
         )
         self._targets: dict[str, Target] = {}
         self._tables: tuple[float, dict[str, WatchTable]] = (0.0, {})
 
     @classmethod
-    async def open(cls, settings: Settings, report: Report) -> DatabaseWindows:
+    async def open(cls, settings: Settings, report: OnCheckpoint) -> DatabaseWindows:
         """Made on the worker's loop, where its pool and HTTP client live."""
         windows = cls(settings, report)
         await windows.pool.open(wait=False)

@@ -60,7 +60,8 @@ class Settings:
         socket.gethostname(), "Worker: Workstation header when a subscription names none."
     )
     deny_private_endpoints: bool = _opt(
-        False, "Also refuse endpoints on loopback and private networks (1/0)."
+        True,
+        "Refuse endpoints on loopback and private networks (1/0); 0 allows them (the old default).",
     )
     allowed_networks: str = _opt(
         "", "Comma-separated CIDRs always allowed, overriding --deny-private-endpoints."

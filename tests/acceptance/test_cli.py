@@ -179,25 +179,28 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
 @pytest.mark.parametrize(
     "extra_env, url, ok",
     [
-        ({"APIEVENTS_HTTPS_ONLY": "1"}, "http://127.0.0.1:2097/", False),
+        ({}, "http://127.0.0.1:2097/", False),  # private endpoints are refused by default
+        ({}, "http://192.168.1.14:2097/", False),
+        ({"APIEVENTS_HTTPS_ONLY": "1"}, "https://8.8.8.8/", True),
+        ({"APIEVENTS_HTTPS_ONLY": "1"}, "http://8.8.8.8/", False),
         ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "1"}, "http://127.0.0.1:2097/", False),
-        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "1"}, "http://192.168.1.14:2097/", False),
-        (
-            {
-                "APIEVENTS_DENY_PRIVATE_ENDPOINTS": "1",
-                "APIEVENTS_ALLOWED_NETWORKS": "192.168.1.0/24",
-            },
-            "http://192.168.1.14:2097/",
-            True,
-        ),
-        ({}, "http://192.168.1.14:2097/", True),  # Open Dental's own docs use such endpoints
+        ({"APIEVENTS_ALLOWED_NETWORKS": "192.168.1.0/24"}, "http://192.168.1.14:2097/", True),
+        ({"APIEVENTS_ALLOWED_NETWORKS": "192.168.1.0/24"}, "http://10.0.0.1:2097/", False),
+        # =0 keeps the old behaviour: Open Dental's own docs use such endpoints...
+        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "0"}, "http://192.168.1.14:2097/", True),
+        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "0"}, "http://127.0.0.1:2097/", True),
+        # ...but metadata addresses stay refused, however they are written.
+        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "0"}, "http://168.63.129.16/", False),
+        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "0"}, "http://[fd20:ce::254]/", False),
+        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "0"}, "http://[64:ff9b::a9fe:a9fe]/", False),
     ],
 )
 def test_operator_endpoint_policy(
     env: dict[str, str], extra_env: dict[str, str], url: str, ok: bool
 ) -> None:
+    operator = {k: v for k, v in env.items() if k != "APIEVENTS_ALLOWED_NETWORKS"}  # the defaults
     done = cli(
-        {**env, **extra_env},
+        operator | extra_env,
         "subscriptions",
         "add",
         "--endpoint-url",
@@ -210,6 +213,7 @@ def test_operator_endpoint_policy(
     assert (done.returncode == 0) is ok, done.stderr
     if not ok:
         assert done.returncode == 2 and "--endpoint-url: refused" in done.stderr
+    assert count(env) == int(ok)
 
 
 def test_attempts_and_rewind_commands(env: dict[str, str]) -> None:

@@ -155,6 +155,17 @@ def test_list_show_update_pause_resume_remove(env: dict[str, str]) -> None:
         (["--note", "n" * 4001], "--note"),
         (["--secret", "whsec_c2hvcnQ="], "--secret"),
         (["--secret", "not-a-secret"], "--secret"),
+        # Hostile customers and hostile inputs (issue 15):
+        (["--workstation", "Café"], "--workstation"),
+        (["--workstation", "FRONT\u2028DESK"], "--workstation"),
+        (["--workstation", "FRONT\u0085DESK"], "--workstation"),
+        (["--customer-key", "Clínica Dental"], "--customer-key"),
+        (["--date-time-start", "0001-01-01T00:00:00+23:59"], "--date-time-start"),
+        (["--date-time-stop", "9999-12-31T23:59:00-05:00"], "--date-time-stop"),
+        (["--endpoint-url", "http://168.63.129.16/"], "--endpoint-url"),
+        (["--endpoint-url", "http://[64:ff9b::a9fe:a9fe]/"], "--endpoint-url"),
+        (["--endpoint-url", "http://[2002:a9fe:a9fe::1]/"], "--endpoint-url"),
+        (["--endpoint-url", "http://[::a9fe:a9fe]/"], "--endpoint-url"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(
@@ -214,6 +225,17 @@ def test_operator_endpoint_policy(
     if not ok:
         assert done.returncode == 2 and "--endpoint-url: refused" in done.stderr
     assert count(env) == int(ok)
+
+
+def test_api_key_customer_keys_are_printable_ascii(env: dict[str, str]) -> None:
+    for bad in ("Clínica Dental", "a\u2028b", "a\u0085b"):
+        done = cli(env, "api-keys", "create", "--customer-key", bad)
+        assert done.returncode == 2 and done.stdout == ""
+        lines = done.stderr.strip().splitlines()
+        assert lines == [
+            "apievents: error: --customer-key: must be printable ASCII only (U+0020 to U+007E)"
+        ]
+    assert cli_json(env, "api-keys", "list") == []
 
 
 def test_attempts_and_rewind_commands(env: dict[str, str]) -> None:

@@ -13,8 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from apievents.api.guard import CUSTOMER, Guard
 from apievents.api.models import (
     AttemptOut,
     ErrorOut,
@@ -23,7 +25,7 @@ from apievents.api.models import (
     SubscriptionOut,
     WatchTableOut,
 )
-from apievents.common import api_keys, registry, subscriptions
+from apievents.common import api_keys, limits, registry, subscriptions
 from apievents.common.ssrf import EndpointPolicy
 
 COLUMN_OF = {name: column for column, name in subscriptions.FIELDS.items()}
@@ -31,6 +33,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "Bad input; the message names the field."},
     401: {"model": ErrorOut, "description": "No valid API key."},
     404: {"model": ErrorOut, "description": "No such subscription for this customer."},
+    413: {"model": ErrorOut, "description": f"A body over {limits.MAX_BODY_BYTES} bytes."},
 }
 
 
@@ -41,11 +44,33 @@ class ApiError(Exception):
 
 
 def create_app(
-    pool: ConnectionPool, policy: EndpointPolicy, secret_overlap: float, margin: float = 0.05
+    pool: ConnectionPool,
+    policy: EndpointPolicy,
+    secret_overlap: float,
+    margin: float = 0.05,
+    *,
+    max_body: int = limits.MAX_BODY_BYTES,
 ) -> FastAPI:
     """The ASGI application."""
     app = FastAPI(title="apievents", version="1", description=__doc__)
+    # Only to declare the bearer scheme in /openapi.json: the Guard checks the key, before the
+    # body is read.
     bearer = HTTPBearer(auto_error=False)
+
+    async def authenticate(key: str) -> str | None:
+        def lookup() -> str | None:
+            with pool.connection() as conn:
+                return api_keys.customer_of(conn, key)
+
+        return await run_in_threadpool(lookup)
+
+    docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    app.add_middleware(
+        Guard,
+        authenticate=authenticate,
+        public=frozenset(p for p in docs if p),
+        max_body=max_body,
+    )
 
     def connection() -> Iterator[psycopg.Connection[Any]]:
         with pool.connection() as conn:
@@ -54,12 +79,10 @@ def create_app(
     Conn = Annotated[psycopg.Connection[Any], Depends(connection)]
     Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
-    def customer(conn: Conn, creds: Creds) -> str:
-        if creds is None or creds.scheme.lower() != "bearer":
+    def customer(request: Request, creds: Creds) -> str:
+        found = request.scope.get("state", {}).get(CUSTOMER)
+        if not isinstance(found, str):  # the Guard sets it on every route that needs a key
             raise ApiError(401, "send Authorization: Bearer <ApiKey>")
-        found = api_keys.customer_of(conn, creds.credentials)
-        if found is None:
-            raise ApiError(401, "unknown or revoked API key")
         return found
 
     Customer = Annotated[str, Depends(customer)]

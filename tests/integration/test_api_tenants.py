@@ -1,7 +1,8 @@
-"""The API against hostile customers: hostile inputs."""
+"""The API against hostile customers: hostile inputs, oversized bodies."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from apievents.common import api_keys, db
 from tests.support.services import LOOPBACK_POLICY
 
 GOOD = {"EndPointUrl": "http://localhost:2097/", "WatchTable": "Appointment", "PollingSeconds": 5}
+MAX_BODY_BYTES, MAX_NOTE = 128 * 1024, 4000  # as the README documents them
 
 
 @pytest.fixture
@@ -95,3 +97,80 @@ def test_rewind_to_a_time_out_of_range_is_400(
     num = client.post("/subscriptions", json=GOOD, headers=a).json()["SubscriptionNum"]
     r = client.post(f"/subscriptions/{num}/rewind", json={"To": to}, headers=a)
     assert r.status_code == 400 and r.json()["error"].lower().startswith("to:"), r.text
+
+
+# -- body size and authentication, before the body is read --------------------------------------
+
+
+def call(app: FastAPI, headers: dict[str, str], chunks: list[bytes]) -> tuple[int, Any, int]:
+    """POST /subscriptions straight through ASGI; the status, the answer, and the body bytes the
+    application pulled from the client."""
+    pulled = 0
+    answer: dict[str, Any] = {}
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        if not chunks:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        chunk = chunks.pop()
+        pulled += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            answer["body"] = answer.get("body", b"") + message.get("body", b"")
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/subscriptions",
+        "raw_path": b"/subscriptions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    return answer["status"], orjson.loads(answer["body"]), pulled
+
+
+MEGABYTES_20 = [b"x" * 65536 for _ in range(320)]
+
+
+def test_an_unauthenticated_body_is_never_read(app: FastAPI) -> None:
+    for headers in [{}, {"Authorization": "Bearer apiev_unknown"}, {"Authorization": "Basic x"}]:
+        status, body, pulled = call(app, headers, list(MEGABYTES_20))
+        assert (status, pulled) == (401, 0), body
+        assert body["error"]
+
+
+def test_a_declared_oversized_body_is_413_before_authentication(app: FastAPI) -> None:
+    size = str(200 * 1024 * 1024)
+    for headers in [{"Content-Length": size}, {"Content-Length": size, "Authorization": "x"}]:
+        status, body, pulled = call(app, headers, list(MEGABYTES_20))
+        assert (status, pulled) == (413, 0), body
+        assert body == {"error": f"body: larger than {MAX_BODY_BYTES} bytes"}
+
+
+def test_an_authenticated_chunked_body_is_read_only_up_to_the_limit(
+    app: FastAPI, keys: dict[str, Any]
+) -> None:
+    status, body, pulled = call(app, keys["office-a"], list(MEGABYTES_20))
+    assert status == 413, body
+    assert pulled <= MAX_BODY_BYTES + 65536
+
+
+def test_a_body_within_the_limit_still_works(client: TestClient, keys: dict[str, Any]) -> None:
+    note = "\U0001f600" * MAX_NOTE  # the worst case: 12 bytes of JSON escape each
+    body = orjson.dumps(GOOD | {"Note": note}, option=orjson.OPT_NON_STR_KEYS)
+    body = body.replace(note.encode(), b"\\ud83d\\ude00" * MAX_NOTE)
+    assert len(body) <= MAX_BODY_BYTES
+    headers = keys["office-a"] | {"Content-Type": "application/json"}
+    r = client.post("/subscriptions", content=body, headers=headers)
+    assert r.status_code == 201 and r.json()["Note"] == note

@@ -25,7 +25,7 @@ from apievents.api.models import (
     SubscriptionOut,
     WatchTableOut,
 )
-from apievents.common import api_keys, limits, registry, subscriptions
+from apievents.common import api_keys, inputs, limits, registry, subscriptions
 from apievents.common.ssrf import EndpointPolicy
 
 COLUMN_OF = {name: column for column, name in subscriptions.FIELDS.items()}
@@ -49,9 +49,14 @@ def create_app(
     secret_overlap: float,
     margin: float = 0.05,
     *,
+    dns_timeout: float = inputs.DNS_TIMEOUT,
     max_body: int = limits.MAX_BODY_BYTES,
 ) -> FastAPI:
-    """The ASGI application."""
+    """The ASGI application.
+
+    ``dns_timeout`` bounds the endpoint's DNS lookup, which runs before a request takes a pool
+    connection.
+    """
     app = FastAPI(title="apievents", version="1", description=__doc__)
     # Only to declare the bearer scheme in /openapi.json: the Guard checks the key, before the
     # body is read.
@@ -87,6 +92,12 @@ def create_app(
 
     Customer = Annotated[str, Depends(customer)]
 
+    def screened(body: SubscriptionIn, **extra: str) -> inputs.Screened:
+        """The body's fields checked, the endpoint's DNS included, holding no connection."""
+        named = body.model_dump(exclude_unset=True, exclude={"CustomerKey"})
+        values = {COLUMN_OF[k]: v for k, v in named.items()} | extra
+        return inputs.screen(values, policy, dns_timeout=dns_timeout)
+
     def owned(conn: psycopg.Connection[Any], num: int, customer_key: str) -> dict[str, Any]:
         try:
             sub = subscriptions.get(conn, num)
@@ -119,19 +130,17 @@ def create_app(
         where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
         return JSONResponse({"error": f"{where}: {first['msg']}"}, status_code=400)
 
-    def columns(body: SubscriptionIn) -> dict[str, Any]:
-        named = body.model_dump(exclude_unset=True, exclude={"CustomerKey"})
-        return {COLUMN_OF[k]: v for k, v in named.items()}
-
     @app.get("/subscriptions", response_model=list[SubscriptionOut], responses=ERRORS)
     def list_subscriptions(conn: Conn, ck: Customer) -> list[dict[str, Any]]:
         """The caller's subscriptions."""
         return subscriptions.list_all(conn, customer_key=ck)
 
     @app.post("/subscriptions", status_code=201, response_model=SubscriptionOut, responses=ERRORS)
-    def create_subscription(body: SubscriptionIn, conn: Conn, ck: Customer) -> dict[str, Any]:
+    def create_subscription(body: SubscriptionIn, ck: Customer) -> dict[str, Any]:
         """Create; the answer shows the signing secret this once."""
-        return subscriptions.create(conn, columns(body) | {"customer_key": ck}, policy, margin)
+        values = screened(body, customer_key=ck)
+        with pool.connection() as conn:
+            return subscriptions.create(conn, values, policy, margin)
 
     @app.get("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
     def get_subscription(num: int, conn: Conn, ck: Customer) -> dict[str, Any]:
@@ -139,12 +148,12 @@ def create_app(
         return owned(conn, num, ck)
 
     @app.put("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
-    def update_subscription(
-        num: int, body: SubscriptionIn, conn: Conn, ck: Customer
-    ) -> dict[str, Any]:
+    def update_subscription(num: int, body: SubscriptionIn, ck: Customer) -> dict[str, Any]:
         """Change only the fields named in the body."""
-        owned(conn, num, ck)
-        return subscriptions.update(conn, num, columns(body), policy, secret_overlap)
+        values = screened(body)
+        with pool.connection() as conn:
+            owned(conn, num, ck)
+            return subscriptions.update(conn, num, values, policy, secret_overlap)
 
     @app.delete("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
     def delete_subscription(num: int, conn: Conn, ck: Customer) -> dict[str, Any]:

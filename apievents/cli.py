@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from apievents.common import api_keys, db, logs, metrics, registry, subscriptions
+from apievents.common import api_keys, db, inputs, logs, metrics, registry, subscriptions
 from apievents.common.lifecycle import ConfigurationError, Lifecycle, Wired
 from apievents.common.migrate import migrate
 from apievents.common.settings import Settings, SettingsError, add_arguments, from_namespace
@@ -217,8 +217,12 @@ def _subscription_flags(p: argparse.ArgumentParser) -> None:
         group.add_argument(flag, default=argparse.SUPPRESS, help=text)
 
 
-def _subscription_values(args: argparse.Namespace) -> dict[str, Any]:
-    return {c: getattr(args, c) for c in subscriptions.FIELDS if hasattr(args, c)}
+def _screened(
+    args: argparse.Namespace, settings: Settings, policy: EndpointPolicy
+) -> inputs.Screened:
+    """The subscription flags checked, the endpoint's DNS included, before connecting."""
+    values = {c: getattr(args, c) for c in subscriptions.FIELDS if hasattr(args, c)}
+    return inputs.screen(values, policy, dns_timeout=settings.dns_timeout_seconds)
 
 
 # -- handlers -----------------------------------------------------------------------------------
@@ -272,11 +276,10 @@ def _with_conn(settings: Settings, fn: Callable[[psycopg.Connection[Any]], Any])
 
 def _sub_add(args: argparse.Namespace, settings: Settings) -> int:
     policy = EndpointPolicy.from_settings(settings)
+    values = _screened(args, settings, policy)
     return _with_conn(
         settings,
-        lambda c: subscriptions.create(
-            c, _subscription_values(args), policy, settings.watermark_margin_seconds
-        ),
+        lambda c: subscriptions.create(c, values, policy, settings.watermark_margin_seconds),
     )
 
 
@@ -289,8 +292,8 @@ def _sub_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sub_update(args: argparse.Namespace, settings: Settings) -> int:
-    values = _subscription_values(args)
     policy = EndpointPolicy.from_settings(settings)
+    values = _screened(args, settings, policy)
     return _with_conn(
         settings,
         lambda c: subscriptions.update(
@@ -349,6 +352,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
         EndpointPolicy.from_settings(settings),
         settings.secret_overlap_seconds,
         settings.watermark_margin_seconds,
+        dns_timeout=settings.dns_timeout_seconds,
     )
     config = uvicorn.Config(
         app, host=settings.api_host, port=settings.api_port, access_log=False, log_config=None

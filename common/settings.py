@@ -67,6 +67,9 @@ class Settings:
         "", "Comma-separated CIDRs always allowed, overriding --deny-private-endpoints."
     )
     https_only: bool = _opt(False, "Refuse endpoints that are not https:// (1/0).")
+    dns_timeout_seconds: float = _opt(
+        5.0, "API and CLI: seconds an endpoint's host name may take to resolve when checked."
+    )
     ca_bundle: str = _opt("", "PEM file of CAs to verify endpoints' TLS with (default: certifi).")
     secret_overlap_seconds: float = _opt(
         86400.0, "After a secret is replaced, keep signing with the old one too for this long."
@@ -156,6 +159,7 @@ _POSITIVE = (
     "secret_overlap_seconds",
     "disable_after_seconds",
     "attempt_retention_seconds",
+    "dns_timeout_seconds",
 )
 _TYPES: dict[str, Any] = {f.name: f.type for f in dataclasses.fields(Settings)}
 

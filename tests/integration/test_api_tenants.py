@@ -1,9 +1,13 @@
-"""The API against hostile customers: hostile inputs, oversized bodies."""
+"""The API against hostile customers: hostile inputs, oversized bodies, hanging DNS."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -17,6 +21,7 @@ from apievents.common import api_keys, db
 from tests.support.services import LOOPBACK_POLICY
 
 GOOD = {"EndPointUrl": "http://localhost:2097/", "WatchTable": "Appointment", "PollingSeconds": 5}
+HANGING_HOST = "hang.apievents.test"
 MAX_BODY_BYTES, MAX_NOTE = 128 * 1024, 4000  # as the README documents them
 
 
@@ -35,6 +40,13 @@ def app(pool: Any) -> FastAPI:
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def strict(pool: Any) -> Iterator[TestClient]:
+    """1 s for an endpoint's name to resolve."""
+    with TestClient(create_app(pool, LOOPBACK_POLICY, 3600, dns_timeout=1.0)) as c:
         yield c
 
 
@@ -174,3 +186,48 @@ def test_a_body_within_the_limit_still_works(client: TestClient, keys: dict[str,
     headers = keys["office-a"] | {"Content-Type": "application/json"}
     r = client.post("/subscriptions", content=body, headers=headers)
     assert r.status_code == 201 and r.json()["Note"] == note
+
+
+# -- DNS: a timeout, and no database connection while it resolves ------------------------------
+
+
+@pytest.fixture
+def hanging_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """HANGING_HOST never resolves (until the test ends); every other name resolves as usual."""
+    real, release = socket.getaddrinfo, threading.Event()
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == HANGING_HOST:
+            release.wait(20)
+            raise socket.gaierror("released")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield
+    release.set()
+
+
+def test_a_hanging_dns_lookup_holds_no_connection_and_ends_in_a_400(
+    hanging_dns: None, strict: TestClient, keys: dict[str, Any]
+) -> None:
+    client = strict
+    a = keys["office-a"]
+    hanging = GOOD | {"EndPointUrl": f"http://{HANGING_HOST}/"}
+    with ThreadPoolExecutor(4) as ex:
+        started = time.monotonic()
+        posts = [
+            ex.submit(client.post, "/subscriptions", json=hanging, headers=a) for _ in range(3)
+        ]
+        time.sleep(0.2)  # the three lookups are under way (more than the pool's 2 connections)
+        for _ in range(3):  # meanwhile every other request is answered at once
+            t = time.monotonic()
+            assert client.get("/subscriptions", headers=keys["office-b"]).status_code == 200
+            assert time.monotonic() - t < 0.5
+        answers = [p.result(10) for p in posts]
+    for r in answers:
+        assert r.status_code == 400
+        assert r.json()["error"] == (
+            f"EndPointUrl: refused: {HANGING_HOST} did not resolve within 1 s"
+        )
+    assert 1.0 <= time.monotonic() - started < 5
+    assert client.get("/subscriptions", headers=a).json() == []

@@ -50,12 +50,13 @@ def create_app(
     margin: float = 0.05,
     *,
     dns_timeout: float = inputs.DNS_TIMEOUT,
+    max_subscriptions: int = 0,
     max_body: int = limits.MAX_BODY_BYTES,
 ) -> FastAPI:
     """The ASGI application.
 
-    ``dns_timeout`` bounds the endpoint's DNS lookup, which runs before a request takes a pool
-    connection.
+    ``max_subscriptions`` caps each CustomerKey's subscriptions (0: no cap); ``dns_timeout``
+    bounds the endpoint's DNS lookup, which runs before a request takes a pool connection.
     """
     app = FastAPI(title="apievents", version="1", description=__doc__)
     # Only to declare the bearer scheme in /openapi.json: the Guard checks the key, before the
@@ -140,7 +141,9 @@ def create_app(
         """Create; the answer shows the signing secret this once."""
         values = screened(body, customer_key=ck)
         with pool.connection() as conn:
-            return subscriptions.create(conn, values, policy, margin)
+            return subscriptions.create(
+                conn, values, policy, margin, max_per_customer=max_subscriptions
+            )
 
     @app.get("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
     def get_subscription(num: int, conn: Conn, ck: Customer) -> dict[str, Any]:

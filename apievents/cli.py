@@ -353,6 +353,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
         settings.secret_overlap_seconds,
         settings.watermark_margin_seconds,
         dns_timeout=settings.dns_timeout_seconds,
+        max_subscriptions=settings.max_subscriptions_per_customer,
     )
     config = uvicorn.Config(
         app, host=settings.api_host, port=settings.api_port, access_log=False, log_config=None

@@ -83,6 +83,9 @@ SUBSCRIPTION_LIST_FOR = (
     f"SELECT {SUBSCRIPTION_COLUMNS} FROM apievents.subscription WHERE customer_key = %s "
     "ORDER BY subscription_num"
 )
+SUBSCRIPTION_COUNT_FOR = "SELECT count(*) FROM apievents.subscription WHERE customer_key = %s"
+# Creates of one customer take turns (until commit), so a cap on their number holds.
+LOCK_CUSTOMER = "SELECT pg_advisory_xact_lock(1668641652, hashtext(%s))"  # 1668641652: "cust"
 SUBSCRIPTION_DELETE = (
     f"DELETE FROM apievents.subscription WHERE subscription_num = %s "
     f"RETURNING {SUBSCRIPTION_COLUMNS}"

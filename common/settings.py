@@ -70,6 +70,15 @@ class Settings:
     dns_timeout_seconds: float = _opt(
         5.0, "API and CLI: seconds an endpoint's host name may take to resolve when checked."
     )
+    max_subscriptions_per_customer: int = _opt(
+        100,
+        "API: most subscriptions one CustomerKey may create (the CLI may exceed it); 0: no cap.",
+    )
+    max_windows_per_customer: int = _opt(
+        8,
+        "Producer: most windows in flight at once for one CustomerKey, so one customer's slow "
+        "endpoints hold at most this many worker slots; 0: no cap.",
+    )
     ca_bundle: str = _opt("", "PEM file of CAs to verify endpoints' TLS with (default: certifi).")
     secret_overlap_seconds: float = _opt(
         86400.0, "After a secret is replaced, keep signing with the old one too for this long."
@@ -98,6 +107,7 @@ class Settings:
             ("worker_concurrency", self.worker_concurrency >= 1, "must be at least 1"),
             ("claim_batch", self.claim_batch >= 1, "must be at least 1"),
             ("commit_batch", self.commit_batch >= 1, "must be at least 1"),
+            *[(n, getattr(self, n) >= 0, "must be 0 (no cap) or more") for n in _CAPS],
             ("log_level", self.log_level.upper() in _LEVELS, "must be one of " + "/".join(_LEVELS)),
         ]
         checks += [(n, getattr(self, n) > 0, "must be positive") for n in _POSITIVE]
@@ -161,6 +171,7 @@ _POSITIVE = (
     "attempt_retention_seconds",
     "dns_timeout_seconds",
 )
+_CAPS = ("max_subscriptions_per_customer", "max_windows_per_customer")
 _TYPES: dict[str, Any] = {f.name: f.type for f in dataclasses.fields(Settings)}
 
 

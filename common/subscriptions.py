@@ -80,6 +80,7 @@ def create(
     policy: EndpointPolicy,
     margin: float = 0.05,
     *,
+    max_per_customer: int = 0,
     dns_timeout: float = DNS_TIMEOUT,
 ) -> dict[str, Any]:
     """Validate and insert; returns the JSON form, with the signing secret shown this once.
@@ -87,11 +88,16 @@ def create(
     The default DateTimeStart is the safe window end (``margin`` is the producer's
     --watermark-margin-seconds), not now(): a transaction open at creation may still commit
     rows stamped before now(), and they belong to the new subscription.
+
+    ``max_per_customer`` (0: no cap) bounds the subscriptions of the CustomerKey; the API sets
+    it, the operator's CLI does not.
     """
     clean = validate(conn, values, partial=False, policy=policy, dns_timeout=dns_timeout)
     clean.setdefault("secret", new_secret())
     params = dict.fromkeys(FIELDS) | {"workstation": "", "customer_key": "", "note": ""} | clean
     with conn.transaction():
+        if max_per_customer:
+            _within_cap(conn, str(params["customer_key"]), max_per_customer)
         if params["date_time_start"] is None:
             start = watermark.read(conn, timedelta(seconds=margin)).end
             stop = params["date_time_stop"]
@@ -101,6 +107,19 @@ def create(
             params["date_time_start"] = start
         row = conn.execute(queries.SUBSCRIPTION_INSERT, params).fetchone()
     return to_json(row) | {"Secret": clean["secret"]}
+
+
+def _within_cap(conn: psycopg.Connection[Any], customer_key: str, cap: int) -> None:
+    """Refuse a subscription over the customer's cap. The lock makes two concurrent creates of
+    one customer take turns, so they cannot both see room for one more."""
+    conn.execute(queries.LOCK_CUSTOMER, (customer_key,))
+    row = conn.execute(queries.SUBSCRIPTION_COUNT_FOR, (customer_key,)).fetchone()
+    if row is not None and row[0] >= cap:
+        raise InputError(
+            "customer_key",
+            f"already has {row[0]} subscriptions, the most allowed "
+            "(APIEVENTS_MAX_SUBSCRIPTIONS_PER_CUSTOMER); delete one first",
+        )
 
 
 def get(conn: psycopg.Connection[Any], num: int) -> dict[str, Any]:

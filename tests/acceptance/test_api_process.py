@@ -18,7 +18,12 @@ pytestmark = pytest.mark.acceptance
 
 def test_api_serves_with_cli_managed_keys(database_url: str) -> None:
     port = free_port()
-    env = service_env(database_url, "unused", APIEVENTS_API_PORT=str(port))
+    env = service_env(
+        database_url,
+        "unused",
+        APIEVENTS_API_PORT=str(port),
+        APIEVENTS_MAX_SUBSCRIPTIONS_PER_CUSTOMER="1",
+    )
     created = cli_json(env, "api-keys", "create", "--customer-key", "office-1")
     assert created["CustomerKey"] == "office-1" and created["ApiKey"].startswith("apiev_")
     assert created["ApiKey"] not in str(cli_json(env, "api-keys", "list"))
@@ -36,6 +41,8 @@ def test_api_serves_with_cli_managed_keys(database_url: str) -> None:
         }
         r = httpx.post(f"{base}/subscriptions", headers=auth, json=body)
         assert r.status_code == 201 and r.json()["CustomerKey"] == "office-1"
+        r = httpx.post(f"{base}/subscriptions", headers=auth, json=body)  # over the cap of 1
+        assert r.status_code == 400 and r.json()["error"].startswith("CustomerKey:"), r.text
         assert httpx.get(f"{base}/openapi.json").json()["info"]["title"] == "apievents"
         revoked = cli_json(env, "api-keys", "revoke", "--api-key", created["ApiKey"])
         assert [k["CustomerKey"] for k in revoked] == ["office-1"]

@@ -238,6 +238,13 @@ def test_api_key_customer_keys_are_printable_ascii(env: dict[str, str]) -> None:
     assert cli_json(env, "api-keys", "list") == []
 
 
+def test_the_operator_may_exceed_the_per_customer_cap(env: dict[str, str]) -> None:
+    capped = env | {"APIEVENTS_MAX_SUBSCRIPTIONS_PER_CUSTOMER": "1"}
+    add(capped, "--customer-key", "OFFICE1")
+    add(capped, "--customer-key", "OFFICE1")
+    assert count(env) == 2
+
+
 def test_attempts_and_rewind_commands(env: dict[str, str]) -> None:
     num = str(add(env, "--date-time-start", "2026-01-01T00:00:00Z")["SubscriptionNum"])
     assert cli_json(env, "subscriptions", "attempts", num) == []

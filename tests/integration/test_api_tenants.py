@@ -1,4 +1,4 @@
-"""The API against hostile customers: hostile inputs, oversized bodies, hanging DNS."""
+"""The API against hostile customers: hostile inputs, oversized bodies, hanging DNS, fair share."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from apievents.api.app import create_app
 from apievents.common import api_keys, db
+from tests.integration.conftest import subscribe
 from tests.support.services import LOOPBACK_POLICY
 
 GOOD = {"EndPointUrl": "http://localhost:2097/", "WatchTable": "Appointment", "PollingSeconds": 5}
@@ -45,8 +46,10 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 
 @pytest.fixture
 def strict(pool: Any) -> Iterator[TestClient]:
-    """1 s for an endpoint's name to resolve."""
-    with TestClient(create_app(pool, LOOPBACK_POLICY, 3600, dns_timeout=1.0)) as c:
+    """At most 2 subscriptions per customer, and 1 s for an endpoint's name to resolve."""
+    with TestClient(
+        create_app(pool, LOOPBACK_POLICY, 3600, dns_timeout=1.0, max_subscriptions=2)
+    ) as c:
         yield c
 
 
@@ -231,3 +234,39 @@ def test_a_hanging_dns_lookup_holds_no_connection_and_ends_in_a_400(
         )
     assert 1.0 <= time.monotonic() - started < 5
     assert client.get("/subscriptions", headers=a).json() == []
+
+
+# -- fair share ----------------------------------------------------------------------------------
+
+
+def test_subscriptions_per_customer_are_capped(
+    strict: TestClient, conn: psycopg.Connection[Any], keys: dict[str, Any]
+) -> None:
+    client = strict
+    a, b = keys["office-a"], keys["office-b"]
+    nums = [client.post("/subscriptions", json=GOOD, headers=a).json()["SubscriptionNum"]]
+    nums.append(client.post("/subscriptions", json=GOOD, headers=a).json()["SubscriptionNum"])
+    over = client.post("/subscriptions", json=GOOD, headers=a)
+    assert over.status_code == 400
+    assert over.json()["error"] == (
+        "CustomerKey: already has 2 subscriptions, the most allowed "
+        "(APIEVENTS_MAX_SUBSCRIPTIONS_PER_CUSTOMER); delete one first"
+    )
+    assert client.post("/subscriptions", json=GOOD, headers=b).status_code == 201  # not b's cap
+    assert client.delete(f"/subscriptions/{nums[0]}", headers=a).status_code == 200
+    assert client.post("/subscriptions", json=GOOD, headers=a).status_code == 201
+    # The operator (CLI, no cap) may give a customer more.
+    subscribe(conn, GOOD["EndPointUrl"], customer_key="office-a")
+    assert len(client.get("/subscriptions", headers=a).json()) == 3
+
+
+def test_concurrent_creates_cannot_both_take_the_last_place(
+    strict: TestClient, keys: dict[str, Any]
+) -> None:
+    client = strict
+    a = keys["office-a"]
+    with ThreadPoolExecutor(6) as ex:
+        answers = list(
+            ex.map(lambda _: client.post("/subscriptions", json=GOOD, headers=a), range(6))
+        )
+    assert sorted(r.status_code for r in answers) == [201, 201, 400, 400, 400, 400]

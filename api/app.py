@@ -106,7 +106,7 @@ def create_app(
             sub = None
         if sub is None or sub["CustomerKey"] != customer_key:
             raise ApiError(404, f"no subscription {num}")  # never reveal other customers'
-        return sub
+        return public(sub)
 
     @app.exception_handler(ApiError)
     def api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -134,15 +134,17 @@ def create_app(
     @app.get("/subscriptions", response_model=list[SubscriptionOut], responses=ERRORS)
     def list_subscriptions(conn: Conn, ck: Customer) -> list[dict[str, Any]]:
         """The caller's subscriptions."""
-        return subscriptions.list_all(conn, customer_key=ck)
+        return [public(s) for s in subscriptions.list_all(conn, customer_key=ck)]
 
     @app.post("/subscriptions", status_code=201, response_model=SubscriptionOut, responses=ERRORS)
     def create_subscription(body: SubscriptionIn, ck: Customer) -> dict[str, Any]:
         """Create; the answer shows the signing secret this once."""
         values = screened(body, customer_key=ck)
         with pool.connection() as conn:
-            return subscriptions.create(
-                conn, values, policy, margin, max_per_customer=max_subscriptions
+            return public(
+                subscriptions.create(
+                    conn, values, policy, margin, max_per_customer=max_subscriptions
+                )
             )
 
     @app.get("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
@@ -156,13 +158,13 @@ def create_app(
         values = screened(body)
         with pool.connection() as conn:
             owned(conn, num, ck)
-            return subscriptions.update(conn, num, values, policy, secret_overlap)
+            return public(subscriptions.update(conn, num, values, policy, secret_overlap))
 
     @app.delete("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
     def delete_subscription(num: int, conn: Conn, ck: Customer) -> dict[str, Any]:
         """Delete; answers with what was deleted."""
         owned(conn, num, ck)
-        return subscriptions.remove(conn, num)
+        return public(subscriptions.remove(conn, num))
 
     @app.get("/subscriptions/{num}/attempts", response_model=list[AttemptOut], responses=ERRORS)
     def list_attempts(num: int, conn: Conn, ck: Customer) -> list[dict[str, Any]]:
@@ -174,7 +176,7 @@ def create_app(
     def rewind(num: int, body: RewindIn, conn: Conn, ck: Customer) -> dict[str, Any]:
         """Re-send everything changed since To."""
         owned(conn, num, ck)
-        return subscriptions.rewind(conn, num, body.To)
+        return public(subscriptions.rewind(conn, num, body.To))
 
     @app.get("/watchtables", response_model=list[WatchTableOut], responses=ERRORS)
     def watch_tables(conn: Conn, ck: Customer) -> list[dict[str, Any]]:
@@ -182,3 +184,10 @@ def create_app(
         return [wt.to_json() for wt in registry.all_tables(conn)]
 
     return app
+
+
+def public(sub: dict[str, Any]) -> dict[str, Any]:
+    """What a customer sees of a subscription: why deliveries fail as a class, never the raw
+    error text, which could describe our internal network to someone probing it."""
+    shown = sub.get("LastErrorClass") or ("error" if sub.get("LastError") else None)
+    return sub | {"LastError": shown}

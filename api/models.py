@@ -57,7 +57,10 @@ class SubscriptionOut(BaseModel):
     Note: str
     Status: str
     StatusReason: str | None
-    LastError: str | None
+    LastError: str | None = Field(
+        description="Why the last window failed, as a class: http_error, timeout, "
+        "connection_error, refused, ... (never the raw error text)."
+    )
     LastHttpStatus: int | None
     ConsecutiveFailures: int
     NextAttempt: str | None

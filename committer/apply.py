@@ -86,6 +86,7 @@ def _statement(
         }
     return queries.COMMIT_FAILURE, claim | {
         "error": o.error or o.error_class or "failed",
+        "error_class": o.error_class,
         "http_status": o.http_status,
         "delay": policy.delay(o.failures + 1, o.retry_after),
         "gone": o.http_status == 410,

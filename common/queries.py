@@ -62,7 +62,7 @@ SUBSCRIPTION_COLUMNS = """
          THEN 'expired' ELSE status END AS status,
     status_reason, last_error, last_http_status, consecutive_failures, next_attempt_at,
     last_attempt_at, last_success_at, claim_job IS NOT NULL AND claim_expires_at > now()
-        AS in_flight
+        AS in_flight, last_error_class
 """
 SUBSCRIPTION_INSERT = f"""
 INSERT INTO apievents.subscription
@@ -400,7 +400,8 @@ COMMIT_SUCCESS = f"""
 UPDATE apievents.subscription
 SET date_time_start = %(window_end)s, cursor_key = NULL,
     next_attempt_at = claimed_at + polling_seconds * interval '1 second',
-    consecutive_failures = 0, last_error = NULL, last_http_status = %(http_status)s,
+    consecutive_failures = 0, last_error = NULL, last_error_class = NULL,
+    last_http_status = %(http_status)s,
     failing_since = NULL, last_success_at = now(), {_RELEASE}
 WHERE {_HOLDER}
 """
@@ -427,7 +428,8 @@ UPDATE apievents.subscription
 SET date_time_start = CASE WHEN %(progress)s THEN %(position_ts)s ELSE date_time_start END,
     cursor_key = CASE WHEN %(progress)s THEN %(position_key)s ELSE cursor_key END,
     consecutive_failures = CASE WHEN %(progress)s THEN 0 ELSE consecutive_failures + 1 END,
-    last_error = %(error)s, last_http_status = %(http_status)s,
+    last_error = %(error)s, last_error_class = %(error_class)s,
+    last_http_status = %(http_status)s,
     failing_since = CASE WHEN %(progress)s THEN NULL ELSE coalesce(failing_since, now()) END,
     last_success_at = CASE WHEN %(progress)s THEN now() ELSE last_success_at END,
     status = CASE WHEN %(gone)s OR {_FAILING_TOO_LONG} THEN 'disabled' ELSE status END,

@@ -238,6 +238,7 @@ def to_json(row: Sequence[Any] | None, num: int | None = None) -> dict[str, Any]
         last_attempt,
         last_success,
         in_flight,
+        last_error_class,
     ) = row
     return {
         "SubscriptionNum": sub_num,
@@ -252,6 +253,7 @@ def to_json(row: Sequence[Any] | None, num: int | None = None) -> dict[str, Any]
         "Status": status,
         "StatusReason": reason,
         "LastError": last_error,
+        "LastErrorClass": last_error_class,
         "LastHttpStatus": last_status,
         "ConsecutiveFailures": failures,
         "NextAttempt": _iso(next_at),

@@ -17,9 +17,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from apievents.api.app import create_app
-from apievents.common import api_keys, db
-from tests.integration.conftest import subscribe
-from tests.support.services import LOOPBACK_POLICY
+from apievents.common import api_keys, db, subscriptions
+from tests.integration.conftest import insert_appointments, state, subscribe
+from tests.support import wait_for
+from tests.support.receiver import Receiver
+from tests.support.services import LOOPBACK_POLICY, Pipeline
 
 GOOD = {"EndPointUrl": "http://localhost:2097/", "WatchTable": "Appointment", "PollingSeconds": 5}
 HANGING_HOST = "hang.apievents.test"
@@ -270,3 +272,37 @@ def test_concurrent_creates_cannot_both_take_the_last_place(
             ex.map(lambda _: client.post("/subscriptions", json=GOOD, headers=a), range(6))
         )
     assert sorted(r.status_code for r in answers) == [201, 201, 400, 400, 400, 400]
+
+
+# -- errors: customers see the class, never the raw text ----------------------------------------
+
+
+def test_customers_see_the_error_class_never_the_raw_text(
+    client: TestClient,
+    conn: psycopg.Connection[Any],
+    keys: dict[str, Any],
+    pipeline: Pipeline,
+    receiver: Receiver,
+) -> None:
+    with socket.socket() as s:  # a port on loopback where nothing listens
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    a = keys["office-a"]
+    url = f"http://127.0.0.1:{closed}/"
+    num = client.post("/subscriptions", json=GOOD | {"EndPointUrl": url}, headers=a).json()[
+        "SubscriptionNum"
+    ]
+    insert_appointments(conn, 1)
+    pipeline.start_all()
+    wait_for(lambda: state(conn, num)["ConsecutiveFailures"] >= 1, 30, "a failed window")
+    raw = subscriptions.get(conn, num)["LastError"]  # the operator's view
+    shown = client.get(f"/subscriptions/{num}", headers=a).json()["LastError"]
+    error_class = client.get(f"/subscriptions/{num}/attempts", headers=a).json()[0]["ErrorClass"]
+    assert raw and shown == error_class and shown != raw
+    listed = client.get("/subscriptions", headers=a).json()[0]["LastError"]
+    assert listed == shown
+    # A success clears both the text and the class.
+    client.put(f"/subscriptions/{num}", json={"EndPointUrl": receiver.url()}, headers=a)
+    wait_for(lambda: len(receiver.delivered()) == 1, 30, "delivery to the new endpoint")
+    wait_for(lambda: subscriptions.get(conn, num)["LastError"] is None, 30, "the success")
+    assert client.get(f"/subscriptions/{num}", headers=a).json()["LastError"] is None

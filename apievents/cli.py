@@ -25,7 +25,7 @@ _SUB_FLAGS: list[tuple[str, str]] = [
     ("--watch-table", "Registered WatchTable to watch (see `watch-tables list`)."),
     ("--polling-seconds", "How often to look for changes, in seconds."),
     ("--customer-key", "Sent as the Authorization header of every POST."),
-    ("--workstation", "Sent as the Workstation header (default: the worker's name)."),
+    ("--workstation", "Sent as the Workstation header (default: APIEVENTS_SENDER_NAME)."),
     ("--date-time-start", "Deliver changes after this ISO 8601 time (default: now)."),
     ("--date-time-stop", "Stop delivering at this ISO 8601 time (default: never)."),
     ("--note", "Free text for operators."),

@@ -148,6 +148,12 @@ WHERE a.at < now() - %(retention)s * interval '1 second'
                        ORDER BY b.attempt_id DESC
                        OFFSET {ATTEMPTS_KEPT_PER_SUBSCRIPTION} LIMIT 1)
 """
+# A replaced secret signs beside the new one until its overlap ends; after that it is dead
+# weight that could only leak.
+CLEAR_EXPIRED_SECRETS = """
+UPDATE apievents.subscription SET previous_secret = NULL, previous_secret_expires_at = NULL
+WHERE previous_secret IS NOT NULL AND previous_secret_expires_at <= now()
+"""
 UPDATABLE = (
     "endpoint_url",
     "workstation",

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import ipaddress
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,8 +55,10 @@ class Settings:
     worker_concurrency: int = _opt(8, "Worker: windows delivered at once by one process.")
     http_timeout: float = _opt(30.0, "Worker: seconds to wait for an endpoint's answer.")
     http_connect_timeout: float = _opt(5.0, "Worker: seconds to wait for a TCP/TLS connection.")
+    # A fixed name, not the host's: a worker's host name tells outside endpoints about our
+    # infrastructure.
     sender_name: str = _opt(
-        socket.gethostname(), "Worker: Workstation header when a subscription names none."
+        "apievents", "Worker: Workstation header when a subscription names none."
     )
     deny_private_endpoints: bool = _opt(
         True,

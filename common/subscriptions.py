@@ -169,6 +169,15 @@ def update(
     return to_json(row, num)
 
 
+def clear_expired_secrets(conn: psycopg.Connection[Any]) -> int:
+    """Forget replaced secrets whose overlap has ended; returns how many were cleared.
+
+    Once the overlap ends nothing signs with a replaced secret, so keeping it only keeps a
+    credential around to leak. The producer calls this from its periodic prune.
+    """
+    return conn.execute(queries.CLEAR_EXPIRED_SECRETS).rowcount
+
+
 def set_status(
     conn: psycopg.Connection[Any], num: int, status: str, reason: str | None = None
 ) -> dict[str, Any]:

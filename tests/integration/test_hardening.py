@@ -76,6 +76,28 @@ def test_webhook_id_is_stable_for_the_same_batch_across_retries(
     assert failed.headers["webhook-id"] == retried.headers["webhook-id"]
 
 
+def test_replaced_secrets_are_cleared_once_their_overlap_ends(
+    conn: psycopg.Connection[Any],
+) -> None:
+    ended = subscribe(conn, "http://127.0.0.1:9/", secret=S1)
+    running = subscribe(conn, "http://127.0.0.1:9/", secret=S1)
+    subscriptions.update(conn, ended, {"secret": S2}, LOOPBACK_POLICY, secret_overlap=0)
+    subscriptions.update(conn, running, {"secret": S2}, LOOPBACK_POLICY, secret_overlap=3600)
+
+    def previous() -> dict[int, Any]:
+        rows = conn.execute(
+            "SELECT subscription_num, previous_secret, previous_secret_expires_at IS NOT NULL "
+            "FROM apievents.subscription"
+        ).fetchall()
+        return {num: (secret, expires) for num, secret, expires in rows}
+
+    assert previous() == {ended: (S1, True), running: (S1, True)}
+    assert subscriptions.clear_expired_secrets(conn) == 1
+    assert previous() == {ended: (None, False), running: (S1, True)}
+    assert subscriptions.clear_expired_secrets(conn) == 0
+    assert state(conn, ended)["Status"] == "active"  # nothing else about it changed
+
+
 # -- responses and retries ------------------------------------------------------------------
 
 

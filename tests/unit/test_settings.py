@@ -42,6 +42,7 @@ def test_every_field_has_a_flag_with_help_naming_its_variable() -> None:
 def test_tenant_settings_have_safe_defaults() -> None:
     s = Settings()
     assert s.deny_private_endpoints is True  # APIEVENTS_DENY_PRIVATE_ENDPOINTS=0 opts out
+    assert s.sender_name == "apievents"  # never the host's name
     assert s.dns_timeout_seconds == 5.0
     assert s.max_subscriptions_per_customer == 100
     assert 1 <= s.max_windows_per_customer <= s.worker_concurrency

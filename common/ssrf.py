@@ -69,11 +69,19 @@ class EndpointPolicy:
 
     def refusal(self, address: str) -> str | None:
         """Why ``address`` may not be dialled, or None if it may."""
+        found = self._refused(address)
+        if found is None:
+            return None
+        reason, judged, ip = found
+        return reason if judged == ip else f"{reason} ({judged} embedded)"
+
+    def _refused(self, address: str) -> tuple[str, IPAddress, IPAddress] | None:
+        """The reason, the address that decided it, and the address itself; or None."""
         ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
         for judged in _judged(ip):
             reason = self._refusal(judged)
             if reason:
-                return reason if judged == ip else f"{reason} ({judged} embedded)"
+                return reason, judged, ip
         return None
 
     def _refusal(self, ip: IPAddress) -> str | None:
@@ -103,9 +111,10 @@ class EndpointPolicy:
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         for address in resolve(host, port, timeout):
-            reason = self.refusal(address)
-            if reason:
-                raise EndpointRefused(f"{host} resolves to {address}, {reason}")
+            found = self._refused(address)
+            if found:
+                # Not which address: the caller may be a customer mapping our network's names.
+                raise EndpointRefused(f"{host} resolves to {found[0]}")
 
 
 def _judged(ip: IPAddress) -> tuple[IPAddress, ...]:

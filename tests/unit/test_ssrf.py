@@ -77,6 +77,15 @@ def test_cloud_metadata_addresses_are_refused_even_when_allowed(address: str) ->
         assert policy.refusal(address) == "a cloud metadata address"
 
 
+def test_a_refused_name_does_not_say_what_it_resolves_to() -> None:
+    # A customer could otherwise map the internal network's names to addresses.
+    with pytest.raises(EndpointRefused) as e:
+        DEFAULT.check("http://localhost:2097/")
+    assert str(e.value) == (
+        "localhost resolves to a loopback or private address (APIEVENTS_DENY_PRIVATE_ENDPOINTS)"
+    )
+
+
 def test_allowed_networks_apply_to_the_embedded_address() -> None:
     assert LOOPBACK_ONLY.refusal("127.0.0.1") is None
     assert LOOPBACK_ONLY.refusal("64:ff9b::7f00:1") is None

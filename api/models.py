@@ -4,29 +4,51 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from apievents.common import limits
+
+_ASCII = "Printable ASCII only (U+0020 to U+007E)"
+
 
 class SubscriptionIn(BaseModel):
     """Fields a caller may set. A PUT changes only the fields it names."""
 
     model_config = ConfigDict(extra="forbid")
 
-    EndPointUrl: str | None = Field(None, description="http(s) URL that receives the POSTs.")
-    Workstation: str | None = Field(None, description="Sent as the Workstation header.")
-    WatchTable: str | None = Field(None, description="A name from GET /watchtables.")
+    EndPointUrl: str | None = Field(
+        None,
+        max_length=limits.MAX_ENDPOINT_URL,
+        description="http(s) URL that receives the POSTs; no spaces or control characters.",
+    )
+    Workstation: str | None = Field(
+        None,
+        max_length=limits.MAX_WORKSTATION,
+        description=f"Sent as the Workstation header. {_ASCII}.",
+    )
+    WatchTable: str | None = Field(
+        None, max_length=limits.MAX_WATCH_TABLE, description="A name from GET /watchtables."
+    )
     PollingSeconds: int | None = Field(None, description="How often to look for changes.")
     UiEventType: str | None = Field(
         None,
+        max_length=64,
         description="Open Dental's UI event (PatientSelected) or empty; stored and answered, "
         "but only the WatchTable's database events are delivered.",
     )
     DateTimeStart: str | None = Field(
-        None, description="ISO 8601 or yyyy-MM-dd[ HH:mm:ss]; default now."
+        None,
+        max_length=limits.MAX_TIME,
+        description="ISO 8601 or yyyy-MM-dd[ HH:mm:ss], 1900 to 9999-12-30; default now.",
     )
     DateTimeStop: str | None = Field(
-        None, description='ISO 8601 or yyyy-MM-dd[ HH:mm:ss]; "0001-01-01 00:00:00": never.'
+        None,
+        max_length=limits.MAX_TIME,
+        description="ISO 8601 or yyyy-MM-dd[ HH:mm:ss], 1900 to 9999-12-30; default never; "
+        '"0001-01-01 00:00:00": never.',
     )
-    Note: str | None = None
-    Secret: str | None = Field(None, description="whsec_...; generated if omitted on POST.")
+    Note: str | None = Field(None, max_length=limits.MAX_NOTE, description="Any text but NUL.")
+    Secret: str | None = Field(
+        None, max_length=limits.MAX_SECRET, description="whsec_...; generated if omitted on POST."
+    )
     CustomerKey: str | None = Field(
         None, description="Ignored: always the CustomerKey of the caller's API key."
     )
@@ -47,7 +69,10 @@ class SubscriptionOut(BaseModel):
     Note: str
     Status: str
     StatusReason: str | None
-    LastError: str | None
+    LastError: str | None = Field(
+        description="Why the last window failed, as a class: http_error, timeout, "
+        "connection_error, refused, ... (never the raw error text)."
+    )
     LastHttpStatus: int | None
     ConsecutiveFailures: int
     NextAttempt: str | None
@@ -81,7 +106,9 @@ class AttemptOut(BaseModel):
 class RewindIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    To: str = Field(description="ISO 8601; re-send everything changed since.")
+    To: str = Field(
+        max_length=limits.MAX_TIME, description="ISO 8601; re-send everything changed since."
+    )
 
 
 class ErrorOut(BaseModel):

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from apievents.common import api_keys, db, opendental, registry, subscriptions
+from apievents.common import api_keys, db, inputs, opendental, registry, subscriptions
 from apievents.common.migrate import migrate as apply_migrations
 from apievents.common.settings import Settings
 from apievents.common.ssrf import EndpointPolicy
@@ -33,9 +33,12 @@ def emit(obj: Any) -> None:
     sys.stdout.write(orjson.dumps(obj).decode() + "\n")
 
 
-def subscription_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The subscription fields given as flags."""
-    return {c: getattr(args, c) for c in subscriptions.FIELDS if hasattr(args, c)}
+def screened(
+    args: argparse.Namespace, settings: Settings, policy: EndpointPolicy
+) -> inputs.Screened:
+    """The subscription flags checked, the endpoint's DNS included, before connecting."""
+    values = {c: getattr(args, c) for c in subscriptions.FIELDS if hasattr(args, c)}
+    return inputs.screen(values, policy, dns_timeout=settings.dns_timeout_seconds)
 
 
 def migrate_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -123,11 +126,10 @@ def _with_subs(settings: Settings, fn: Callable[[psycopg.Connection[Any]], Any])
 
 def sub_add(args: argparse.Namespace, settings: Settings) -> int:
     policy = EndpointPolicy.from_settings(settings)
+    values = screened(args, settings, policy)
     return _with_subs(
         settings,
-        lambda c: subscriptions.create(
-            c, subscription_values(args), policy, settings.watermark_margin_seconds
-        ),
+        lambda c: subscriptions.create(c, values, policy, settings.watermark_margin_seconds),
     )
 
 
@@ -140,8 +142,8 @@ def sub_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def sub_update(args: argparse.Namespace, settings: Settings) -> int:
-    values = subscription_values(args)
     policy = EndpointPolicy.from_settings(settings)
+    values = screened(args, settings, policy)
     return _with_subs(
         settings,
         lambda c: subscriptions.update(

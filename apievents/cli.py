@@ -22,7 +22,7 @@ _SUB_FLAGS: list[tuple[str, str]] = [
     ("--watch-table", "Registered WatchTable to watch (see `watch-tables list`)."),
     ("--polling-seconds", "How often to look for changes, in seconds."),
     ("--customer-key", "Sent as the Authorization header of every POST."),
-    ("--workstation", "Sent as the Workstation header (default: the worker's name)."),
+    ("--workstation", "Sent as the Workstation header (default: the worker's sender name)."),
     ("--date-time-start", "Deliver changes after this ISO 8601 time (default: now)."),
     ("--date-time-stop", "Stop delivering at this ISO 8601 time (default, or 0001-01-01: never)."),
     ("--note", "Free text for operators."),
@@ -315,6 +315,8 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
         EndpointPolicy.from_settings(settings),
         settings.secret_overlap_seconds,
         settings.watermark_margin_seconds,
+        dns_timeout=settings.dns_timeout_seconds,
+        max_subscriptions=settings.max_subscriptions_per_customer,
     )
     config = uvicorn.Config(
         app, host=settings.api_host, port=settings.api_port, access_log=False, log_config=None

@@ -30,6 +30,11 @@ from apievents.common.migrate import migrate
 from apievents.common.settings import Settings
 from apievents.common.ssrf import EndpointPolicy
 
+# Private endpoints are refused by default. The demo's receiver is on loopback, so the demo opts
+# in to loopback, and only to loopback, for its subscriptions and its services.
+LOOPBACK = "127.0.0.0/8,::1/128"
+LOOPBACK_POLICY = EndpointPolicy(allowed=Settings(allowed_networks=LOOPBACK).networks())
+
 NOTE = "apievents demo"
 FEEDS = [("Appointment", "/appointments"), ("Patient", "/patients")]
 
@@ -167,7 +172,7 @@ class Demo:
                     "note": NOTE,
                     "customer_key": "demo-key",
                 },
-                EndpointPolicy(),  # the demo's receiver is on loopback, always allowed here
+                LOOPBACK_POLICY,
                 self.settings.watermark_margin_seconds,
             )
             created.append((sub["SubscriptionNum"], table, path))
@@ -179,6 +184,7 @@ class Demo:
             "APIEVENTS_BROKER_URL": broker_url,
             "APIEVENTS_QUEUE_PREFIX": f"{self.database}.demo",
             "APIEVENTS_LOG_LEVEL": self.settings.log_level,
+            "APIEVENTS_ALLOWED_NETWORKS": LOOPBACK,
         }
         exe = [sys.executable, "-m", "apievents"]
         if broker_url == "memory://":

@@ -142,6 +142,7 @@ class Bench:
                 "APIEVENTS_QUEUE_PREFIX": self.prefix,
                 "APIEVENTS_LOG_LEVEL": "WARNING",
                 "APIEVENTS_WORKER_CONCURRENCY": CONCURRENCY,
+                "APIEVENTS_ALLOWED_NETWORKS": "127.0.0.0/8",  # the receiver is on loopback
             }
             | extra
         )

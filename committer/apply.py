@@ -110,6 +110,7 @@ def _statement(r: Report, policy: RetryPolicy, disable_after: float) -> tuple[st
         }
     return queries.COMMIT_FAILURE, claim | {
         "error": r.error or r.error_class or "failed",
+        "error_class": r.error_class or "error",
         "http_status": r.http_status,
         "delay": policy.delay(r.failures + 1, r.retry_after),
         "gone": r.http_status == 410,

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from apievents.common import queries
+from apievents.common import limits, queries
 
 PREFIX = "apiev_"
 
@@ -20,8 +20,10 @@ def digest(api_key: str) -> str:
 
 def create(conn: psycopg.Connection[Any], customer_key: str) -> dict[str, Any]:
     """A new key for ``customer_key``; the key is returned this once."""
-    if not customer_key or len(customer_key) > 255 or any(ord(c) < 32 for c in customer_key):
-        raise ValueError("--customer-key: must be 1 to 255 printable characters")
+    # Every POST of the customer's subscriptions carries it as the Authorization header.
+    problem = limits.header_text_problem(customer_key, limits.MAX_CUSTOMER_KEY)
+    if not customer_key or problem:
+        raise ValueError(f"--customer-key: {problem or 'must not be empty'}")
     api_key = PREFIX + secrets.token_urlsafe(32)
     conn.execute(queries.API_KEY_INSERT, (customer_key, digest(api_key)))
     return {"CustomerKey": customer_key, "ApiKey": api_key}

@@ -67,7 +67,7 @@ SUBSCRIPTION_COLUMNS = """
          THEN 'expired' ELSE status END AS status,
     status_reason, last_error, last_http_status, consecutive_failures, next_attempt_at,
     last_attempt_at, last_success_at, claim_job IS NOT NULL AND claim_expires_at > now()
-        AS in_flight, ui_event_type
+        AS in_flight, ui_event_type, last_error_class
 """
 SUBSCRIPTION_INSERT = f"""
 INSERT INTO apievents.subscription
@@ -88,6 +88,9 @@ SUBSCRIPTION_LIST_FOR = (
     f"SELECT {SUBSCRIPTION_COLUMNS} FROM apievents.subscription WHERE customer_key = %s "
     "ORDER BY subscription_num"
 )
+SUBSCRIPTION_COUNT_FOR = "SELECT count(*) FROM apievents.subscription WHERE customer_key = %s"
+# Creates of one customer take turns (until commit), so a cap on their number holds.
+LOCK_CUSTOMER = "SELECT pg_advisory_xact_lock(1668641652, hashtext(%s))"  # 1668641652: "cust"
 SUBSCRIPTION_DELETE = (
     f"DELETE FROM apievents.subscription WHERE subscription_num = %s "
     f"RETURNING {SUBSCRIPTION_COLUMNS}"
@@ -149,6 +152,12 @@ WHERE a.at < now() - %(retention)s * interval '1 second'
                        WHERE b.subscription_num = a.subscription_num
                        ORDER BY b.attempt_id DESC
                        OFFSET {ATTEMPTS_KEPT_PER_SUBSCRIPTION} LIMIT 1)
+"""
+# A replaced secret signs beside the new one until its overlap ends; after that it is dead
+# weight that could only leak.
+CLEAR_EXPIRED_SECRETS = """
+UPDATE apievents.subscription SET previous_secret = NULL, previous_secret_expires_at = NULL
+WHERE previous_secret IS NOT NULL AND previous_secret_expires_at <= now()
 """
 UPDATABLE = (
     "endpoint_url",
@@ -496,7 +505,8 @@ COMMIT_SUCCESSES = f"""
 UPDATE apievents.subscription s
 SET date_time_start = o.window_end, cursor_key = NULL,
     next_attempt_at = s.claimed_at + s.polling_seconds * interval '1 second',
-    consecutive_failures = 0, last_error = NULL, last_http_status = o.http_status,
+    consecutive_failures = 0, last_error = NULL, last_error_class = NULL,
+    last_http_status = o.http_status,
     failing_since = NULL, last_success_at = now(), {_RELEASE}
 FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[], %(holders)s::uuid[],
             %(ends)s::timestamptz[], %(statuses)s::int[])
@@ -528,7 +538,8 @@ UPDATE apievents.subscription
 SET date_time_start = CASE WHEN %(progress)s THEN %(position_ts)s ELSE date_time_start END,
     cursor_key = CASE WHEN %(progress)s THEN %(position_key)s ELSE cursor_key END,
     consecutive_failures = CASE WHEN %(progress)s THEN 0 ELSE consecutive_failures + 1 END,
-    last_error = %(error)s, last_http_status = %(http_status)s,
+    last_error = %(error)s, last_error_class = %(error_class)s,
+    last_http_status = %(http_status)s,
     failing_since = CASE WHEN %(progress)s THEN NULL ELSE coalesce(failing_since, now()) END,
     last_success_at = CASE WHEN %(progress)s THEN now() ELSE last_success_at END,
     status = CASE WHEN %(gone)s OR {_FAILING_TOO_LONG} THEN 'disabled' ELSE status END,

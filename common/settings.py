@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import ipaddress
 import os
-import socket
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -117,7 +116,7 @@ class Settings:
         used_by=("producer",),
     )
     max_windows_per_customer: int = _opt(
-        100,
+        32,
         "Producer: most windows in flight for one CustomerKey (0: no cap), so one customer's "
         "hanging endpoints take at most that many worker slots.",
         used_by=("producer",),
@@ -151,13 +150,17 @@ class Settings:
     http_connect_timeout: float = _opt(
         5.0, "Worker: seconds to wait for a TCP/TLS connection.", used_by=("worker",)
     )
+    # A fixed name, not the host's: a worker's host name tells outside endpoints about our
+    # infrastructure.
     sender_name: str = _opt(
-        socket.gethostname(),
+        "apievents",
         "Worker: Workstation header when a subscription names none.",
         used_by=("worker",),
     )
     deny_private_endpoints: bool = _opt(
-        False, "Also refuse endpoints on loopback and private networks (1/0).", used_by=_ENDPOINTS
+        True,
+        "Refuse endpoints on loopback and private networks (1/0); 0 allows them (the old default).",
+        used_by=_ENDPOINTS,
     )
     allowed_networks: str = _opt(
         "",
@@ -169,6 +172,16 @@ class Settings:
     )
     ca_bundle: str = _opt(
         "", "PEM file of CAs to verify endpoints' TLS with (default: certifi).", used_by=("worker",)
+    )
+    dns_timeout_seconds: float = _opt(
+        5.0,
+        "API and CLI: seconds an endpoint's host name may take to resolve when checked.",
+        used_by=(*SUBSCRIPTIONS_WRITE, "api"),
+    )
+    max_subscriptions_per_customer: int = _opt(
+        100,
+        "API: most subscriptions one CustomerKey may create (the CLI may exceed it); 0: no cap.",
+        used_by=("api",),
     )
     secret_overlap_seconds: float = _opt(
         86400.0,
@@ -221,8 +234,8 @@ class Settings:
             ("worker_batch", self.worker_batch >= 1, "must be at least 1"),
             ("worker_db_connections", self.worker_db_connections >= 2, "must be at least 2"),
             ("claim_batch", self.claim_batch >= 1, "must be at least 1"),
-            ("max_windows_per_customer", self.max_windows_per_customer >= 0, "must be 0 or more"),
             ("commit_batch", self.commit_batch >= 1, "must be at least 1"),
+            *[(n, getattr(self, n) >= 0, "must be 0 (no cap) or more") for n in _CAPS],
             ("log_level", self.log_level.upper() in _LEVELS, "must be one of " + "/".join(_LEVELS)),
         ]
         checks += [(n, getattr(self, n) > 0, "must be positive") for n in _POSITIVE]
@@ -292,7 +305,9 @@ _POSITIVE = (
     "secret_overlap_seconds",
     "disable_after_seconds",
     "attempt_retention_seconds",
+    "dns_timeout_seconds",
 )
+_CAPS = ("max_subscriptions_per_customer", "max_windows_per_customer")
 _TYPES: dict[str, Any] = {f.name: f.type for f in dataclasses.fields(Settings)}
 
 

@@ -3,51 +3,20 @@
 from __future__ import annotations
 
 import base64
-import ipaddress
 import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 
-from apievents.common import queries, registry, watermark
-from apievents.common.ssrf import EndpointPolicy, EndpointRefused
+from apievents.common import limits, queries, registry, watermark
 
-# Open Dental's field name for each column an operator may set.
-FIELDS = {
-    "endpoint_url": "EndPointUrl",
-    "workstation": "Workstation",
-    "customer_key": "CustomerKey",
-    "watch_table": "WatchTable",
-    "polling_seconds": "PollingSeconds",
-    "date_time_start": "DateTimeStart",
-    "date_time_stop": "DateTimeStop",
-    "note": "Note",
-    "secret": "Secret",
-    "ui_event_type": "UiEventType",
-}
-_MAX_TEXT = {"workstation": 255, "customer_key": 255, "note": 4000}
-# Open Dental's UI events fire inside its program, on a user's action; there is no such
-# program here, so a subscription may carry one (it is stored and answered) but only its
-# WatchTable is delivered.
-UI_EVENT_TYPES = ("", "PatientSelected")
-# Open Dental's "no date": a DateTimeStop of 0001-01-01 means the subscription never stops.
-NO_STOP = datetime(1, 1, 1)
-
-
-class InputError(ValueError):
-    """Bad subscription input; ``column`` says which field."""
-
-    def __init__(self, column: str, message: str) -> None:
-        super().__init__(message)
-        self.column = column
-
-    @property
-    def flag(self) -> str:
-        """The CLI flag of the field."""
-        return "--" + self.column.replace("_", "-")
+# The input rules live in inputs.py; InputError and FIELDS are known from here too.
+from apievents.common.inputs import DNS_TIMEOUT, TIMES, Screened, parse_time, screen
+from apievents.common.inputs import FIELDS as FIELDS
+from apievents.common.inputs import InputError as InputError
+from apievents.common.ssrf import EndpointPolicy
 
 
 class NotFound(LookupError):
@@ -60,26 +29,30 @@ def validate(
     *,
     partial: bool,
     policy: EndpointPolicy,
+    dns_timeout: float = DNS_TIMEOUT,
 ) -> dict[str, Any]:
-    """Check and normalise input; every problem is an InputError naming its field."""
-    out: dict[str, Any] = {}
+    """Check and normalise input; every problem is an InputError naming its field.
+
+    ``values`` that ``screen`` already checked are not screened again: the API screens them,
+    DNS included, before it takes a database connection.
+    """
     if values.get("ui_event_type") and not values.get("watch_table") and not partial:
         raise InputError(
             "ui_event_type",
             f"{values['ui_event_type']} is a UI event, which fires inside the Open Dental "
             "program; apievents delivers database events only: name a WatchTable",
         )
-    for column, raw in values.items():
-        if column not in FIELDS:
-            raise InputError(column, "unknown field")
-        if raw is None and column not in ("date_time_start", "date_time_stop"):
-            raise InputError(column, "must not be empty")
-        out[column] = _check(conn, column, raw)
-    if "endpoint_url" in out:
+    if not isinstance(values, Screened):
+        values = screen(values, policy, dns_timeout=dns_timeout)
+    out = dict(values)
+    if "watch_table" in out:
         try:
-            policy.check(out["endpoint_url"])
-        except EndpointRefused as e:
-            raise InputError("endpoint_url", f"refused: {e}") from None
+            out["watch_table"] = registry.get(conn, out["watch_table"]).name
+        except registry.RegistryError as e:
+            raise InputError("watch_table", str(e)) from None
+    for column in TIMES:
+        if out.get(column) is not None:
+            out[column] = _in_db_zone(conn, column, out[column])
     if not partial:
         for column in ("endpoint_url", "watch_table", "polling_seconds"):
             if column not in out:
@@ -90,100 +63,20 @@ def validate(
     return out
 
 
-def _check(conn: psycopg.Connection[Any], column: str, raw: Any) -> Any:
-    if column == "endpoint_url":
-        return check_url(str(raw))
-    if column == "watch_table":
-        try:
-            return registry.get(conn, str(raw)).name
-        except registry.RegistryError as e:
-            raise InputError(column, str(e)) from None
-    if column == "polling_seconds":
-        return _positive_int(column, raw)
-    if column in ("date_time_start", "date_time_stop"):
-        when = None if raw is None else parse_time(column, raw)
-        if column == "date_time_stop" and when is not None and when.replace(tzinfo=None) == NO_STOP:
-            return None
-        return None if when is None else _in_db_zone(conn, when)
-    if column == "ui_event_type":
-        if raw not in UI_EVENT_TYPES:
-            raise InputError(column, "must be PatientSelected or empty")
-        return raw
-    if column == "secret":
-        return check_secret(raw)
-    if not isinstance(raw, str) or len(raw) > _MAX_TEXT[column]:
-        raise InputError(column, f"must be text of at most {_MAX_TEXT[column]} characters")
-    if any(ord(c) < 32 for c in raw) and column != "note":
-        raise InputError(column, "must not contain control characters")  # header injection
-    return raw
-
-
-def check_secret(raw: Any) -> str:
-    """A Standard Webhooks secret: ``whsec_`` and base64 of 24 to 64 random bytes."""
-    text = raw if isinstance(raw, str) else ""
-    try:
-        key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
-    except ValueError:  # binascii.Error, or non-ASCII text
-        key = b""
-    if not text.startswith("whsec_") or not 24 <= len(key) <= 64:
-        raise InputError("secret", "must be whsec_ followed by base64 of 24 to 64 bytes")
-    return text
-
-
 def new_secret() -> str:
     """A fresh signing secret."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def check_url(url: str) -> str:
-    """An absolute http(s) URL with a host; raises InputError otherwise."""
-    if len(url) > 2048 or any(c.isspace() for c in url):
-        raise InputError("endpoint_url", "must be a URL without spaces, at most 2048 characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise InputError("endpoint_url", f"is not a valid URL ({e})") from None
-    if parts.scheme not in ("http", "https"):
-        raise InputError("endpoint_url", "must start with http:// or https://")
-    host = parts.hostname or ""
-    if not host:
-        raise InputError("endpoint_url", "has no host")
-    if port == 0:
-        raise InputError("endpoint_url", "port must be 1 to 65535")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not all(label and len(label) < 64 for label in host.rstrip(".").split(".")):
-            raise InputError("endpoint_url", f"host {host!r} is not a valid name") from None
-    return url
-
-
-def _positive_int(column: str, raw: Any) -> int:
-    try:
-        value = int(raw) if not isinstance(raw, bool) else None
-    except (TypeError, ValueError):
-        value = None
-    if value is None or str(value) != str(raw).strip() or value <= 0 or value > 86400 * 7:
-        raise InputError(column, "must be a whole number of seconds from 1 to 604800")
-    return value
-
-
-def parse_time(column: str, raw: Any) -> datetime:
-    """ISO 8601; a time without an offset is read in the database server's time zone."""
-    if isinstance(raw, datetime):
-        return raw
-    try:
-        return datetime.fromisoformat(str(raw).strip())
-    except ValueError:
-        raise InputError(column, f"is not an ISO 8601 time: {raw!r}") from None
-
-
-def _in_db_zone(conn: psycopg.Connection[Any], t: datetime) -> datetime:
+def _in_db_zone(conn: psycopg.Connection[Any], column: str, t: datetime) -> datetime:
+    """A naive time read in the database server's zone, and checked against the bounds again."""
     if t.tzinfo is not None:
         return t
     row = conn.execute(queries.AS_TIMESTAMPTZ, (t,)).fetchone()
     assert row is not None
+    problem = limits.time_problem(row[0])
+    if problem:
+        raise InputError(column, problem)
     return row[0]  # type: ignore[no-any-return]
 
 
@@ -192,14 +85,20 @@ def create(
     values: Mapping[str, Any],
     policy: EndpointPolicy,
     margin: float = 0.05,
+    *,
+    max_per_customer: int = 0,
+    dns_timeout: float = DNS_TIMEOUT,
 ) -> dict[str, Any]:
     """Validate and insert; returns the JSON form, with the signing secret shown this once.
 
     The default DateTimeStart is the safe window end (``margin`` is the producer's
     --watermark-margin-seconds), not now(): a transaction open at creation may still commit
     rows stamped before now(), and they belong to the new subscription.
+
+    ``max_per_customer`` (0: no cap) bounds the subscriptions of the CustomerKey; the API sets
+    it, the operator's CLI does not.
     """
-    clean = validate(conn, values, partial=False, policy=policy)
+    clean = validate(conn, values, partial=False, policy=policy, dns_timeout=dns_timeout)
     clean.setdefault("secret", new_secret())
     defaults: dict[str, Any] = {
         "workstation": "",
@@ -209,6 +108,8 @@ def create(
     }
     params = dict.fromkeys(FIELDS) | defaults | clean
     with conn.transaction():
+        if max_per_customer:
+            _within_cap(conn, str(params["customer_key"]), max_per_customer)
         if params["date_time_start"] is None:
             start = watermark.read(conn, timedelta(seconds=margin)).end
             stop = params["date_time_stop"]
@@ -218,6 +119,19 @@ def create(
             params["date_time_start"] = start
         row = conn.execute(queries.SUBSCRIPTION_INSERT, params).fetchone()
     return to_json(row) | {"Secret": clean["secret"]}
+
+
+def _within_cap(conn: psycopg.Connection[Any], customer_key: str, cap: int) -> None:
+    """Refuse a subscription over the customer's cap. The lock makes two concurrent creates of
+    one customer take turns, so they cannot both see room for one more."""
+    conn.execute(queries.LOCK_CUSTOMER, (customer_key,))
+    row = conn.execute(queries.SUBSCRIPTION_COUNT_FOR, (customer_key,)).fetchone()
+    if row is not None and row[0] >= cap:
+        raise InputError(
+            "customer_key",
+            f"already has {row[0]} subscriptions, the most allowed "
+            "(APIEVENTS_MAX_SUBSCRIPTIONS_PER_CUSTOMER); delete one first",
+        )
 
 
 def get(conn: psycopg.Connection[Any], num: int) -> dict[str, Any]:
@@ -242,12 +156,14 @@ def update(
     values: Mapping[str, Any],
     policy: EndpointPolicy,
     secret_overlap: float = 86400.0,
+    *,
+    dns_timeout: float = DNS_TIMEOUT,
 ) -> dict[str, Any]:
     """Change only the named fields; drops any claim so the change takes effect at once.
 
     A new secret replaces the old one, which keeps signing for ``secret_overlap`` seconds.
     """
-    clean = validate(conn, values, partial=True, policy=policy)
+    clean = validate(conn, values, partial=True, policy=policy, dns_timeout=dns_timeout)
     if not clean:
         return get(conn, num)
     with conn.transaction():
@@ -265,6 +181,15 @@ def update(
     return to_json(row, num)
 
 
+def clear_expired_secrets(conn: psycopg.Connection[Any]) -> int:
+    """Forget replaced secrets whose overlap has ended; returns how many were cleared.
+
+    Once the overlap ends nothing signs with a replaced secret, so keeping it only keeps a
+    credential around to leak. The producer calls this from its periodic prune.
+    """
+    return conn.execute(queries.CLEAR_EXPIRED_SECRETS).rowcount
+
+
 def set_status(
     conn: psycopg.Connection[Any], num: int, status: str, reason: str | None = None
 ) -> dict[str, Any]:
@@ -277,7 +202,7 @@ def set_status(
 
 def rewind(conn: psycopg.Connection[Any], num: int, to: Any) -> dict[str, Any]:
     """Re-send everything changed after ``to``; safe while deliveries run."""
-    when = _in_db_zone(conn, parse_time("to", to))
+    when = _in_db_zone(conn, "to", parse_time("to", to))
     row = conn.execute(queries.REWIND, {"num": num, "to": when}).fetchone()
     if row is None:
         current = get(conn, num)  # NotFound if there is no such subscription
@@ -338,6 +263,7 @@ def to_json(row: Sequence[Any] | None, num: int | None = None) -> dict[str, Any]
         last_success,
         in_flight,
         ui_event_type,
+        last_error_class,
     ) = row
     return {
         "SubscriptionNum": sub_num,
@@ -352,6 +278,7 @@ def to_json(row: Sequence[Any] | None, num: int | None = None) -> dict[str, Any]
         "Status": status,
         "StatusReason": reason,
         "LastError": last_error,
+        "LastErrorClass": last_error_class,
         "LastHttpStatus": last_status,
         "ConsecutiveFailures": failures,
         "NextAttempt": _iso(next_at),

@@ -156,6 +156,17 @@ def test_list_show_update_pause_resume_remove(env: dict[str, str]) -> None:
         (["--note", "n" * 4001], "--note"),
         (["--secret", "whsec_c2hvcnQ="], "--secret"),
         (["--secret", "not-a-secret"], "--secret"),
+        # Hostile customers and hostile inputs (issue 15):
+        (["--workstation", "Café"], "--workstation"),
+        (["--workstation", "FRONT\u2028DESK"], "--workstation"),
+        (["--workstation", "FRONT\u0085DESK"], "--workstation"),
+        (["--customer-key", "Clínica Dental"], "--customer-key"),
+        (["--date-time-start", "0001-01-01T00:00:00+23:59"], "--date-time-start"),
+        (["--date-time-stop", "9999-12-31T23:59:00-05:00"], "--date-time-stop"),
+        (["--endpoint-url", "http://168.63.129.16/"], "--endpoint-url"),
+        (["--endpoint-url", "http://[64:ff9b::a9fe:a9fe]/"], "--endpoint-url"),
+        (["--endpoint-url", "http://[2002:a9fe:a9fe::1]/"], "--endpoint-url"),
+        (["--endpoint-url", "http://[::a9fe:a9fe]/"], "--endpoint-url"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(
@@ -180,25 +191,28 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
 @pytest.mark.parametrize(
     "extra_env, url, ok",
     [
-        ({"APIEVENTS_HTTPS_ONLY": "1"}, "http://127.0.0.1:2097/", False),
+        ({}, "http://127.0.0.1:2097/", False),  # private endpoints are refused by default
+        ({}, "http://192.168.1.14:2097/", False),
+        ({"APIEVENTS_HTTPS_ONLY": "1"}, "https://8.8.8.8/", True),
+        ({"APIEVENTS_HTTPS_ONLY": "1"}, "http://8.8.8.8/", False),
         ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "1"}, "http://127.0.0.1:2097/", False),
-        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "1"}, "http://192.168.1.14:2097/", False),
-        (
-            {
-                "APIEVENTS_DENY_PRIVATE_ENDPOINTS": "1",
-                "APIEVENTS_ALLOWED_NETWORKS": "192.168.1.0/24",
-            },
-            "http://192.168.1.14:2097/",
-            True,
-        ),
-        ({}, "http://192.168.1.14:2097/", True),  # Open Dental's own docs use such endpoints
+        ({"APIEVENTS_ALLOWED_NETWORKS": "192.168.1.0/24"}, "http://192.168.1.14:2097/", True),
+        ({"APIEVENTS_ALLOWED_NETWORKS": "192.168.1.0/24"}, "http://10.0.0.1:2097/", False),
+        # =0 keeps the old behaviour: Open Dental's own docs use such endpoints...
+        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "0"}, "http://192.168.1.14:2097/", True),
+        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "0"}, "http://127.0.0.1:2097/", True),
+        # ...but metadata addresses stay refused, however they are written.
+        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "0"}, "http://168.63.129.16/", False),
+        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "0"}, "http://[fd20:ce::254]/", False),
+        ({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "0"}, "http://[64:ff9b::a9fe:a9fe]/", False),
     ],
 )
 def test_operator_endpoint_policy(
     env: dict[str, str], extra_env: dict[str, str], url: str, ok: bool
 ) -> None:
+    operator = {k: v for k, v in env.items() if k != "APIEVENTS_ALLOWED_NETWORKS"}  # the defaults
     done = cli(
-        {**env, **extra_env},
+        operator | extra_env,
         "subscriptions",
         "add",
         "--endpoint-url",
@@ -211,6 +225,25 @@ def test_operator_endpoint_policy(
     assert (done.returncode == 0) is ok, done.stderr
     if not ok:
         assert done.returncode == 2 and "--endpoint-url: refused" in done.stderr
+    assert count(env) == int(ok)
+
+
+def test_api_key_customer_keys_are_printable_ascii(env: dict[str, str]) -> None:
+    for bad in ("Clínica Dental", "a\u2028b", "a\u0085b"):
+        done = cli(env, "api-keys", "create", "--customer-key", bad)
+        assert done.returncode == 2 and done.stdout == ""
+        lines = done.stderr.strip().splitlines()
+        assert lines == [
+            "apievents: error: --customer-key: must be printable ASCII only (U+0020 to U+007E)"
+        ]
+    assert cli_json(env, "api-keys", "list") == []
+
+
+def test_the_operator_may_exceed_the_per_customer_cap(env: dict[str, str]) -> None:
+    capped = env | {"APIEVENTS_MAX_SUBSCRIPTIONS_PER_CUSTOMER": "1"}
+    add(capped, "--customer-key", "OFFICE1")
+    add(capped, "--customer-key", "OFFICE1")
+    assert count(env) == 2
 
 
 def test_attempts_and_rewind_commands(env: dict[str, str]) -> None:

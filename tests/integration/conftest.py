@@ -9,8 +9,7 @@ import psycopg
 import pytest
 
 from apievents.common import subscriptions
-from apievents.common.ssrf import EndpointPolicy
-from tests.support.services import Pipeline, connect, fast_settings
+from tests.support.services import LOOPBACK_POLICY, Pipeline, connect, fast_settings
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +31,7 @@ def subscribe(
     conn: psycopg.Connection[Any], url: str, watch_table: str = "Appointment", **extra: Any
 ) -> int:
     values = {"endpoint_url": url, "watch_table": watch_table, "polling_seconds": 1} | extra
-    return int(subscriptions.create(conn, values, EndpointPolicy())["SubscriptionNum"])
+    return int(subscriptions.create(conn, values, LOOPBACK_POLICY)["SubscriptionNum"])
 
 
 def insert_appointments(

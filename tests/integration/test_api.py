@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from apievents.api.app import create_app
 from apievents.common import api_keys, db
-from apievents.common.ssrf import EndpointPolicy
 from tests.integration.conftest import insert_appointments
+from tests.support.services import LOOPBACK_POLICY
 
 GOOD = {"EndPointUrl": "http://localhost:2097/", "WatchTable": "Appointment", "PollingSeconds": 5}
 
@@ -21,7 +21,7 @@ GOOD = {"EndPointUrl": "http://localhost:2097/", "WatchTable": "Appointment", "P
 def client(database_url: str) -> Iterator[TestClient]:
     pool = db.pool(database_url, 4, "api-test")
     try:
-        with TestClient(create_app(pool, EndpointPolicy(), 3600)) as c:
+        with TestClient(create_app(pool, LOOPBACK_POLICY, 3600)) as c:
             yield c
     finally:
         pool.close()

@@ -22,8 +22,7 @@ from schemathesis.specs.openapi.checks import (
 
 from apievents.api.app import create_app
 from apievents.common import api_keys, db
-from apievents.common.ssrf import EndpointPolicy
-from tests.support.services import connect
+from tests.support.services import LOOPBACK_POLICY, connect
 
 CHECKS = [
     not_a_server_error,
@@ -46,7 +45,7 @@ class PoolSlot:
 SLOT = PoolSlot()
 schema = schemathesis.openapi.from_asgi(
     "/openapi.json",
-    create_app(SLOT, EndpointPolicy(), 3600),  # type: ignore[arg-type]
+    create_app(SLOT, LOOPBACK_POLICY, 3600),  # type: ignore[arg-type]
 )
 
 

@@ -91,6 +91,8 @@ def test_headers_and_open_dental_field_names(
     assert batch.headers["Authorization"] == "ck-123"
     assert batch.headers["Workstation"] == "FRONTDESK"
     assert batch.headers["Event-Type"] == "WatchTable: Appointment"
+    # No Workstation: APIEVENTS_SENDER_NAME's default, never the worker's host name.
+    assert receiver.batches("/p")[0].headers["Workstation"] == "apievents"
     (row,) = batch.rows
     assert set(row) == {
         "AptNum",

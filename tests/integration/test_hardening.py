@@ -13,11 +13,10 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from apievents.common import subscriptions
-from apievents.common.ssrf import EndpointPolicy
 from tests.integration.conftest import caught_up, insert_appointments, state, subscribe
 from tests.support import wait_for
 from tests.support.receiver import Receiver, Reply, sleep_then, status
-from tests.support.services import Pipeline, fast_settings
+from tests.support.services import LOOPBACK_POLICY, Pipeline, fast_settings
 
 S1 = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 S2 = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODkw"  # 32 bytes
@@ -50,14 +49,14 @@ def test_deliveries_verify_with_the_reference_library_through_a_rotation(
     assert first.headers["webhook-id"].startswith("msg_")
     assert int(first.headers["webhook-timestamp"]) > 1_700_000_000
 
-    subscriptions.update(conn, num, {"secret": S2}, EndpointPolicy(), secret_overlap=3600)
+    subscriptions.update(conn, num, {"secret": S2}, LOOPBACK_POLICY, secret_overlap=3600)
     insert_appointments(conn, 2)
     wait_for(lambda: len(receiver.batches()) == 2, 30, "batch during the overlap")
     during = receiver.batches()[1]
     assert during.headers["webhook-signature"].count("v1,") == 2
     assert verifies(S1, during) and verifies(S2, during)
 
-    subscriptions.update(conn, num, {"secret": S2}, EndpointPolicy(), secret_overlap=0)
+    subscriptions.update(conn, num, {"secret": S2}, LOOPBACK_POLICY, secret_overlap=0)
     insert_appointments(conn, 1)
     wait_for(lambda: len(receiver.batches()) == 3, 30, "batch after the overlap")
     after = receiver.batches()[2]
@@ -75,6 +74,28 @@ def test_webhook_id_is_stable_for_the_same_batch_across_retries(
     failed, retried = receiver.batches("/r")
     assert failed.body == retried.body
     assert failed.headers["webhook-id"] == retried.headers["webhook-id"]
+
+
+def test_replaced_secrets_are_cleared_once_their_overlap_ends(
+    conn: psycopg.Connection[Any],
+) -> None:
+    ended = subscribe(conn, "http://127.0.0.1:9/", secret=S1)
+    running = subscribe(conn, "http://127.0.0.1:9/", secret=S1)
+    subscriptions.update(conn, ended, {"secret": S2}, LOOPBACK_POLICY, secret_overlap=0)
+    subscriptions.update(conn, running, {"secret": S2}, LOOPBACK_POLICY, secret_overlap=3600)
+
+    def previous() -> dict[int, Any]:
+        rows = conn.execute(
+            "SELECT subscription_num, previous_secret, previous_secret_expires_at IS NOT NULL "
+            "FROM apievents.subscription"
+        ).fetchall()
+        return {num: (secret, expires) for num, secret, expires in rows}
+
+    assert previous() == {ended: (S1, True), running: (S1, True)}
+    assert subscriptions.clear_expired_secrets(conn) == 1
+    assert previous() == {ended: (None, False), running: (S1, True)}
+    assert subscriptions.clear_expired_secrets(conn) == 0
+    assert state(conn, ended)["Status"] == "active"  # nothing else about it changed
 
 
 # -- responses and retries ------------------------------------------------------------------
@@ -240,12 +261,12 @@ def test_dns_rebinding_to_a_metadata_address_is_refused_at_connect_time(
     assert receiver.batches("/meta") == []
 
 
-def test_private_endpoints_can_be_denied_with_an_allow_list(
+def test_private_endpoints_are_denied_by_default_with_an_allow_list(
     database_url: str, prefix: str, conn: psycopg.Connection[Any], receiver: Receiver
 ) -> None:
-    denied = subscribe(conn, receiver.url("/denied"))
+    denied = subscribe(conn, receiver.url("/denied"))  # created with the tests' loopback opt-in
     insert_appointments(conn, 1)
-    p = pipeline_with(database_url, prefix, deny_private_endpoints=True).start_all()
+    p = pipeline_with(database_url, prefix, allowed_networks="").start_all()  # the defaults
     try:
         wait_for(lambda: state(conn, denied)["ConsecutiveFailures"] >= 1, 30, "refused")
         assert "private" in state(conn, denied)["LastError"]
@@ -253,14 +274,22 @@ def test_private_endpoints_can_be_denied_with_an_allow_list(
     finally:
         p.stop_all()
     allowed = subscribe(conn, receiver.url("/allowed"), date_time_start="2020-01-01T00:00:00Z")
-    p = pipeline_with(
-        database_url, prefix, deny_private_endpoints=True, allowed_networks="127.0.0.0/8"
-    ).start_all()
+    p = pipeline_with(database_url, prefix, allowed_networks="127.0.0.0/8").start_all()
     try:
         wait_for(lambda: len(receiver.delivered("/allowed")) == 1, 30, "allow-listed")
     finally:
         p.stop_all()
     assert state(conn, allowed)["ConsecutiveFailures"] == 0
+    # APIEVENTS_DENY_PRIVATE_ENDPOINTS=0 keeps the old behaviour: loopback is an endpoint.
+    opened = subscribe(conn, receiver.url("/open"), date_time_start="2020-01-01T00:00:00Z")
+    p = pipeline_with(
+        database_url, prefix, deny_private_endpoints=False, allowed_networks=""
+    ).start_all()
+    try:
+        wait_for(lambda: len(receiver.delivered("/open")) == 1, 30, "denial turned off")
+    finally:
+        p.stop_all()
+    assert state(conn, opened)["ConsecutiveFailures"] == 0
 
 
 # -- attempt log and rewind -----------------------------------------------------------------

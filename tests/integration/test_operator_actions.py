@@ -9,11 +9,10 @@ import psycopg
 import pytest
 
 from apievents.common import subscriptions
-from apievents.common.ssrf import EndpointPolicy
 from tests.integration.conftest import insert_appointments, state, subscribe
 from tests.support import wait_for
 from tests.support.receiver import Receiver, status
-from tests.support.services import Pipeline, fast_settings
+from tests.support.services import LOOPBACK_POLICY, Pipeline, fast_settings
 
 
 def cursor(conn: psycopg.Connection[Any], num: int) -> str | None:
@@ -42,7 +41,7 @@ def test_setting_the_start_to_the_one_show_prints_keeps_the_rows_after_the_curso
         if how == "rewind":
             subscriptions.rewind(conn, num, shown)
         else:
-            subscriptions.update(conn, num, {"date_time_start": shown}, EndpointPolicy())
+            subscriptions.update(conn, num, {"date_time_start": shown}, LOOPBACK_POLICY)
         assert cursor(conn, num) == str(keys[29])  # the same start: the position is the same
         healthy[0] = True
         wait_for(

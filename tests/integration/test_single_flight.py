@@ -15,7 +15,6 @@ import pytest
 from apievents.common import db, subscriptions
 from apievents.common.lifecycle import Lifecycle
 from apievents.common.messages import new_id
-from apievents.common.ssrf import EndpointPolicy
 from apievents.common.topology import JOBS
 from apievents.producer.claim import claim_due
 from apievents.producer.service import Producer, ProducerConfig
@@ -23,7 +22,7 @@ from tests.integration.conftest import caught_up, insert_appointments, state, su
 from tests.integration.test_broker import publish
 from tests.support import stays, wait_for
 from tests.support.receiver import Receiver, Trickle, sleep_then
-from tests.support.services import BROKER_URL, Pipeline, fast_settings
+from tests.support.services import BROKER_URL, LOOPBACK_POLICY, Pipeline, fast_settings
 
 
 def claim(conn: psycopg.Connection[Any], num: int) -> tuple[Any, Any]:
@@ -121,7 +120,7 @@ def test_an_edit_mid_post_never_starts_a_second_post(
             subscriptions.rewind(conn, num, start)
         else:
             values = {k: receiver.url(v) if k == "endpoint_url" else v for k, v in edit.items()}
-            subscriptions.update(conn, num, values, EndpointPolicy())
+            subscriptions.update(conn, num, values, LOOPBACK_POLICY)
         wait_for(lambda: caught_up(conn, num, keys), 30, "the window after the edit")
     finally:
         p.stop_all()

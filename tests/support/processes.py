@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from tests.support.services import BROKER_URL
+from tests.support.services import BROKER_URL, LOOPBACK
 
 APIEVENTS = shutil.which("apievents", path=str(Path(sys.executable).parent)) or "apievents"
 
@@ -33,6 +33,7 @@ def service_env(database_url: str, prefix: str, **extra: str) -> dict[str, str]:
             "APIEVENTS_HTTP_TIMEOUT": "3",
             "APIEVENTS_HTTP_CONNECT_TIMEOUT": "1",
             "APIEVENTS_SHUTDOWN_TIMEOUT": "10",
+            "APIEVENTS_ALLOWED_NETWORKS": LOOPBACK,
         }
         | extra
     )

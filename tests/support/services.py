@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import socket
@@ -22,12 +23,19 @@ from apievents.common import db
 from apievents.common.lifecycle import Lifecycle
 from apievents.common.migrate import migrate
 from apievents.common.settings import Settings
+from apievents.common.ssrf import EndpointPolicy
 from apievents.common.topology import Topology
 
 ADMIN_URL = os.environ.get(
     "APIEVENTS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 BROKER_URL = os.environ.get("APIEVENTS_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# Private endpoints are refused by default; the tests' receivers are on loopback, so the tests
+# opt in to loopback, and only to loopback, like an operator would.
+LOOPBACK = "127.0.0.0/8,::1/128"
+LOOPBACK_POLICY = EndpointPolicy(
+    allowed=tuple(ipaddress.ip_network(n) for n in LOOPBACK.split(","))
+)
 
 
 def db_url(name: str) -> str:
@@ -100,6 +108,7 @@ def fast_settings(database_url: str, prefix: str, **overrides: Any) -> Settings:
         commit_linger_seconds=0.01,
         shutdown_timeout=5,
         worker_concurrency=4,
+        allowed_networks=LOOPBACK,
     )
     return replace(base, **overrides)
 

@@ -108,6 +108,71 @@ def test_deployments_probe_health_and_outlive_graceful_shutdown() -> None:
     } == {f"apievents-{n}" for n in names}
 
 
+def pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    """Every pod template: the Deployments' and the migration Job's."""
+    return [
+        (d["metadata"]["name"], d["spec"]["template"]["spec"])
+        for kind in ("Deployment", "Job")
+        for d in manifests(kind)
+    ]
+
+
+def test_every_pod_runs_without_a_token_and_with_the_default_seccomp_profile() -> None:
+    specs = pod_specs()
+    assert {name for name, _ in specs} >= {"apievents-worker", "apievents-migrate"}
+    for name, spec in specs:
+        assert spec["automountServiceAccountToken"] is False, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+
+
+def test_the_base_ships_no_secret_and_the_example_overlay_generates_one() -> None:
+    base = DEPLOY / "k8s" / "base"
+    for path in base.glob("*.yaml"):
+        kinds = {d.get("kind") for d in yaml.safe_load_all(path.read_text()) if d}
+        assert "Secret" not in kinds, path
+    assert "secretGenerator" not in (base / "kustomization.yaml").read_text()
+    example = yaml.safe_load((DEPLOY / "k8s/overlays/example/kustomization.yaml").read_text())
+    (generated,) = example["secretGenerator"]
+    assert generated["name"] == "apievents"
+    assert {lit.split("=", 1)[0] for lit in generated["literals"]} == {
+        "APIEVENTS_DATABASE_URL",
+        "APIEVENTS_BROKER_URL",
+    }
+
+
+def test_workers_may_reach_only_public_addresses_on_80_and_443() -> None:
+    (config,) = manifests("ConfigMap")
+    assert config["data"]["APIEVENTS_DENY_PRIVATE_ENDPOINTS"] == "1"
+    policies = {p["metadata"]["name"]: p for p in manifests("NetworkPolicy")}
+    worker = policies["apievents-worker-egress"]["spec"]
+    assert worker["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "apievents-worker"}
+    assert worker["policyTypes"] == ["Egress"]
+    public = [rule for rule in worker["egress"] if any("ipBlock" in t for t in rule["to"])]
+    (rule,) = public
+    assert sorted(p["port"] for p in rule["ports"]) == [80, 443]
+    blocks = {t["ipBlock"]["cidr"]: set(t["ipBlock"]["except"]) for t in rule["to"]}
+    assert {
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "100.64.0.0/10",
+        "168.63.129.16/32",
+    } <= blocks["0.0.0.0/0"]
+    assert {"fc00::/7", "fe80::/10", "64:ff9b::/96", "2002::/16", "::ffff:0:0/96"} <= blocks["::/0"]
+    others = {p["port"] for r in worker["egress"] if r not in public for p in r["ports"]}
+    assert others == {53, 5432, 5672}  # DNS, the database, the broker
+    core = policies["apievents-core-egress"]["spec"]
+    (selector,) = core["podSelector"]["matchExpressions"]
+    assert set(selector["values"]) == {
+        f"apievents-{n}" for n in ("producer", "committer", "api", "migrate")
+    }
+    assert {p["port"] for r in core["egress"] for p in r["ports"]} == {53, 5432, 5672}
+    assert all("ipBlock" not in t for r in core["egress"] for t in r["to"])
+
+
 def test_dashboard_and_alerts_use_only_exported_metrics() -> None:
     exported = exported_samples()
     dashboard = (DEPLOY / "grafana" / "dashboards" / "apievents.json").read_text()
@@ -161,6 +226,10 @@ def test_compose_runs_the_full_stack() -> None:
         assert {"APIEVENTS_DATABASE_URL", "APIEVENTS_BROKER_URL", "APIEVENTS_METRICS_PORT"} <= set(
             env
         )
+    grafana = services["grafana"]
+    assert grafana["environment"].get("GF_AUTH_ANONYMOUS_ENABLED", "false") == "false"
+    for name in ("grafana", "prometheus"):  # no authentication of their own: this host only
+        assert all(p.startswith("127.0.0.1:") for p in services[name].get("ports", [])), name
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
     assert {t.split(":")[0] for t in targets} == {"producer", "committer", "worker-1", "worker-2"}

@@ -93,3 +93,26 @@ def test_timezone_becomes_the_session_time_zone_of_every_connection() -> None:
     assert Settings(database_url="postgresql://db/x").database_url == "postgresql://db/x"
     with pytest.raises(SettingsError, match="--timezone: unknown time zone"):
         Settings(timezone="Mars/Olympus")
+
+
+def test_tenant_settings_have_safe_defaults() -> None:
+    s = Settings()
+    assert s.deny_private_endpoints is True  # APIEVENTS_DENY_PRIVATE_ENDPOINTS=0 opts out
+    assert s.sender_name == "apievents"  # never the host's name
+    assert s.dns_timeout_seconds == 5.0
+    assert s.max_subscriptions_per_customer == 100
+    assert 1 <= s.max_windows_per_customer <= s.worker_concurrency
+    assert Settings.load({"APIEVENTS_DENY_PRIVATE_ENDPOINTS": "0"}).deny_private_endpoints is False
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"APIEVENTS_MAX_SUBSCRIPTIONS_PER_CUSTOMER": "-1"}, "--max-subscriptions-per-customer"),
+        ({"APIEVENTS_MAX_WINDOWS_PER_CUSTOMER": "-1"}, "--max-windows-per-customer"),
+        ({"APIEVENTS_DNS_TIMEOUT_SECONDS": "0"}, "--dns-timeout-seconds: must be positive"),
+    ],
+)
+def test_tenant_settings_refuse_bad_values(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.load(env)

@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from apievents.common import broker, db, metrics, queries, watermark
+from apievents.common import broker, db, metrics, queries, subscriptions, watermark
 from apievents.common.broker import Session, Unconfirmed
 from apievents.common.lifecycle import ConfigurationError, Lifecycle, Wired, readiness
 from apievents.common.messages import Job
@@ -122,6 +122,7 @@ class Producer:
                 self._next_lag = time.monotonic() + LAG_INTERVAL
             if time.monotonic() >= self._next_prune:
                 conn.execute(queries.PRUNE_ATTEMPTS, {"retention": self.config.attempt_retention})
+                subscriptions.clear_expired_secrets(conn)
                 self._next_prune = time.monotonic() + PRUNE_INTERVAL
         metrics.SUBSCRIPTIONS_DUE.set(claimed.due)
         self._watch_hold(claimed.horizon)

@@ -98,6 +98,22 @@ def test_replaced_secrets_are_cleared_once_their_overlap_ends(
     assert state(conn, ended)["Status"] == "active"  # nothing else about it changed
 
 
+def test_the_producer_clears_replaced_secrets_once_their_overlap_ends(
+    conn: psycopg.Connection[Any], pipeline: Pipeline
+) -> None:
+    num = subscribe(conn, "http://127.0.0.1:9/", secret=S1)
+    subscriptions.update(conn, num, {"secret": S2}, LOOPBACK_POLICY, secret_overlap=0)
+    pipeline.start("producer")  # its periodic prune runs at once, then every minute
+    wait_for(
+        lambda: (
+            conn.execute("SELECT previous_secret IS NULL FROM apievents.subscription").fetchone()
+            == (True,)
+        ),
+        30,
+        "the replaced secret to be forgotten",
+    )
+
+
 # -- responses and retries ------------------------------------------------------------------
 
 

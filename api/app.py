@@ -152,11 +152,13 @@ class _Rules:
         self.dns_timeout = dns_timeout
         self.max_subscriptions = max_subscriptions
 
-    def screened(self, body: SubscriptionIn, **extra: str) -> inputs.Screened:
+    def screened(
+        self, body: SubscriptionIn, *, creating: bool = False, **extra: str
+    ) -> inputs.Screened:
         """The body's fields checked, the endpoint's DNS included, holding no connection."""
         named = body.model_dump(exclude_unset=True, exclude={"CustomerKey"})
         values = {COLUMN_OF[k]: v for k, v in named.items()} | extra
-        return inputs.screen(values, self.policy, dns_timeout=self.dns_timeout)
+        return inputs.screen(values, self.policy, dns_timeout=self.dns_timeout, creating=creating)
 
 
 def _routes(rules: _Rules, fmt: formats.Format) -> APIRouter:
@@ -202,7 +204,7 @@ def _routes(rules: _Rules, fmt: formats.Format) -> APIRouter:
     )
     def create_subscription(body: SubscriptionIn, ck: Customer) -> Any:
         """Create; the answer shows the signing secret this once."""
-        values = rules.screened(body, customer_key=ck)
+        values = rules.screened(body, creating=True, customer_key=ck)
         with pool.connection() as conn:
             created = subscriptions.create(
                 conn, values, rules.policy, rules.margin, max_per_customer=rules.max_subscriptions

@@ -34,11 +34,13 @@ def emit(obj: Any) -> None:
 
 
 def screened(
-    args: argparse.Namespace, settings: Settings, policy: EndpointPolicy
+    args: argparse.Namespace, settings: Settings, policy: EndpointPolicy, creating: bool
 ) -> inputs.Screened:
     """The subscription flags checked, the endpoint's DNS included, before connecting."""
     values = {c: getattr(args, c) for c in subscriptions.FIELDS if hasattr(args, c)}
-    return inputs.screen(values, policy, dns_timeout=settings.dns_timeout_seconds)
+    return inputs.screen(
+        values, policy, dns_timeout=settings.dns_timeout_seconds, creating=creating
+    )
 
 
 def migrate_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -126,7 +128,7 @@ def _with_subs(settings: Settings, fn: Callable[[psycopg.Connection[Any]], Any])
 
 def sub_add(args: argparse.Namespace, settings: Settings) -> int:
     policy = EndpointPolicy.from_settings(settings)
-    values = screened(args, settings, policy)
+    values = screened(args, settings, policy, creating=True)
     return _with_subs(
         settings,
         lambda c: subscriptions.create(c, values, policy, settings.watermark_margin_seconds),
@@ -143,7 +145,7 @@ def sub_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def sub_update(args: argparse.Namespace, settings: Settings) -> int:
     policy = EndpointPolicy.from_settings(settings)
-    values = screened(args, settings, policy)
+    values = screened(args, settings, policy, creating=False)
     return _with_subs(
         settings,
         lambda c: subscriptions.update(

@@ -59,13 +59,19 @@ class Screened(dict[str, Any]):
 
 
 def screen(
-    values: Mapping[str, Any], policy: EndpointPolicy, *, dns_timeout: float = DNS_TIMEOUT
+    values: Mapping[str, Any],
+    policy: EndpointPolicy,
+    *,
+    dns_timeout: float = DNS_TIMEOUT,
+    creating: bool = False,
 ) -> Screened:
     """Check and normalise every field, then the endpoint's addresses (within ``dns_timeout``).
 
     WatchTable names and naive times are checked against the database later
     (``subscriptions.validate``); every other problem is an InputError naming its field.
     """
+    if creating:
+        _database_events_only(values)
     out = Screened()
     for column, raw in values.items():
         if column not in FIELDS:
@@ -79,6 +85,17 @@ def screen(
         except EndpointRefused as e:
             raise InputError("endpoint_url", f"refused: {e}") from None
     return out
+
+
+def _database_events_only(values: Mapping[str, Any]) -> None:
+    """A new subscription to a UI event alone (as Open Dental's clients send it, with no
+    WatchTable and PollingSeconds 0) gets the reason first, not a complaint about a field."""
+    if values.get("ui_event_type") and not values.get("watch_table"):
+        raise InputError(
+            "ui_event_type",
+            f"{values['ui_event_type']} is a UI event, which fires inside the Open Dental "
+            "program; apievents delivers database events only: name a WatchTable",
+        )
 
 
 def _check(column: str, raw: Any) -> Any:

@@ -36,14 +36,8 @@ def validate(
     ``values`` that ``screen`` already checked are not screened again: the API screens them,
     DNS included, before it takes a database connection.
     """
-    if values.get("ui_event_type") and not values.get("watch_table") and not partial:
-        raise InputError(
-            "ui_event_type",
-            f"{values['ui_event_type']} is a UI event, which fires inside the Open Dental "
-            "program; apievents delivers database events only: name a WatchTable",
-        )
     if not isinstance(values, Screened):
-        values = screen(values, policy, dns_timeout=dns_timeout)
+        values = screen(values, policy, dns_timeout=dns_timeout, creating=not partial)
     out = dict(values)
     if "watch_table" in out:
         try:

@@ -16,10 +16,16 @@ import pytest
 
 from apievents.common import subscriptions
 from apievents.common.migrate import migrate
-from apievents.common.ssrf import EndpointPolicy
 from tests.support import opendental_receiver, wait_for
 from tests.support.receiver import Receiver
-from tests.support.services import Pipeline, admin, connect, db_url, fast_settings
+from tests.support.services import (
+    LOOPBACK_POLICY,
+    Pipeline,
+    admin,
+    connect,
+    db_url,
+    fast_settings,
+)
 
 ZONE = "America/Chicago"  # not the server's zone (UTC): dates must follow APIEVENTS_TIMEZONE
 LOOKUPS = """
@@ -57,7 +63,7 @@ def od_pipeline(od_url: str, prefix: str) -> Iterator[Pipeline]:
 def subscribe_all(conn: psycopg.Connection[Any], receiver: Receiver) -> None:
     for table in opendental_receiver.SHAPES:
         values = {"endpoint_url": receiver.url(f"/{table}"), "watch_table": table}
-        subscriptions.create(conn, values | {"polling_seconds": 1}, EndpointPolicy())
+        subscriptions.create(conn, values | {"polling_seconds": 1}, LOOPBACK_POLICY)
 
 
 def assert_fields(row: dict[str, Any], expected: dict[str, Any]) -> None:

@@ -120,9 +120,12 @@ class Receiver:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(reply.body)))
+                    bodiless = reply.status in (204, 304)  # HTTP forbids these a body
+                    if not bodiless:
+                        self.send_header("Content-Length", str(len(reply.body)))
                     self.end_headers()
-                    self.wfile.write(reply.body)
+                    if not bodiless:
+                        self.wfile.write(reply.body)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True  # the client gave up (its timeout)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from typing import Any
 
 import psycopg
@@ -131,9 +132,12 @@ class Committer:
     @staticmethod
     def _done(pending: list[Pending], reports: list[Report], results: list[str]) -> None:
         metrics.COMMIT_BATCH_SIZE.observe(len(results))
+        for result, count in Counter(results).items():
+            metrics.WINDOWS_COMMITTED.labels(result).inc(count)
         for report, result in zip(reports, results, strict=True):
-            metrics.WINDOWS_COMMITTED.labels(result).inc()
-            log.info("outcome_applied", extra=_fields(report) | {"result": result})
+            level = logging.DEBUG if result in ("advanced", "checkpoint") else logging.INFO
+            if log.isEnabledFor(level):  # one a report: its fields only when it is written
+                log.log(level, "outcome_applied", extra=_fields(report) | {"result": result})
         for message, _ in pending:
             message.session.ack(message)
 

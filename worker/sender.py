@@ -176,8 +176,10 @@ class Sender:
         await self.session.close()
 
 
+@lru_cache(maxsize=4096)
 def _vet_literal(policy: EndpointPolicy, url: str) -> None:
-    """aiohttp dials an IP literal without asking the resolver: vet it here."""
+    """aiohttp dials an IP literal without asking the resolver: vet it here. Cached: the
+    answer for a URL and a policy never changes (a refusal raises, and is not cached)."""
     host = _literal_host(url)
     if host is not None:
         reason = policy.refusal(host)

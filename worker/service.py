@@ -192,18 +192,9 @@ class Worker:
         if not isinstance(outcome, Outcome):
             self._settle(entry, outcome)
             return
-        log.info(
-            "window_done",
-            extra={
-                "subscription": outcome.subscription,
-                "job": outcome.job_id,
-                "window_start": outcome.window_start.isoformat(),
-                "window_end": outcome.window_end.isoformat(),
-                "ok": outcome.ok,
-                "rows": outcome.rows,
-                "error_class": outcome.error_class,
-            },
-        )
+        level = logging.INFO if not outcome.ok else logging.DEBUG  # one a window: DEBUG if fine
+        if log.isEnabledFor(level):
+            log.log(level, "window_done", extra=_done_fields(outcome))
         self._outbox.append((outcome, entry))
         self._flush()
 
@@ -286,6 +277,18 @@ class Worker:
     def busy(self) -> int:
         """Job messages not yet settled (for tests and status)."""
         return len(self._jobs)
+
+
+def _done_fields(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "subscription": outcome.subscription,
+        "job": outcome.job_id,
+        "window_start": outcome.window_start.isoformat(),
+        "window_end": outcome.window_end.isoformat(),
+        "ok": outcome.ok,
+        "rows": outcome.rows,
+        "error_class": outcome.error_class,
+    }
 
 
 def prefetch(s: Settings) -> int:

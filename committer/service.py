@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool
 from apievents.committer.apply import apply_batch
 from apievents.common import broker, db, metrics
 from apievents.common.broker import Message, Session
+from apievents.common.db import connection_lost
 from apievents.common.lifecycle import Lifecycle, Wired, readiness
 from apievents.common.logs import error_text
 from apievents.common.messages import Checkpoint, MessageError, Report, parse_reports
@@ -104,9 +105,9 @@ class Committer:
         reports = [r for _, items in pending for r in items]
         try:
             results = await asyncio.to_thread(self._apply_all, reports)
-        except psycopg.OperationalError:
-            raise  # transient: the session reconnects and the batch is redelivered
         except psycopg.Error as e:
+            if connection_lost(e):
+                raise  # transient: the session reconnects and the batch is redelivered
             log.error("commit_batch_failed", extra={"error": error_text(e)})
             results = await asyncio.to_thread(self._apply_one_by_one, reports)
         self._done(pending, reports, results)
@@ -122,9 +123,9 @@ class Committer:
         for report in reports:
             try:
                 results += self._apply_all([report])
-            except psycopg.OperationalError:
-                raise
             except psycopg.Error as e:
+                if connection_lost(e):
+                    raise
                 log.error("outcome_refused", extra=_fields(report) | {"error": error_text(e)})
                 results.append("refused")
         return results

@@ -99,8 +99,9 @@ class AmqpSession:
         await asyncio.wait(
             [batch.done, self.closed], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
-        for tag in range(first, self._next_tag if batch.left else first):
-            self._waiting.pop(tag, None)  # a confirm arriving later has no one to tell
+        if batch.left:  # a confirm arriving later has no one to tell: forget this burst's
+            for tag in range(first, first + len(bodies)):  # tags, and only this burst's
+                self._waiting.pop(tag, None)
         if batch.left and self.closed.done():
             raise BrokerLost("the connection closed before the broker confirmed")
         if batch.refused or batch.left:

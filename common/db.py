@@ -28,3 +28,18 @@ def pool(url: str, max_size: int, name: str) -> ConnectionPool:
         name=name,
         open=True,
     )
+
+
+def connection_lost(error: BaseException, conn: Any = None) -> bool:
+    """Whether a database error means the connection or the server is gone, so that a retry
+    on a fresh connection may help, rather than a query that failed on a live connection.
+
+    A cancelled query (statement_timeout on one slow table, pg_cancel_backend) is the query's
+    failure: treating it as "database away" would retry it forever and stall everything queued
+    behind it, so it is reported where it happened instead.
+    """
+    if isinstance(error, psycopg.errors.QueryCanceled):
+        return False
+    if conn is not None and (conn.closed or conn.broken):
+        return True
+    return isinstance(error, psycopg.OperationalError)

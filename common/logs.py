@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +31,7 @@ class JsonFormatter(logging.Formatter):
         out.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD)
         if record.exc_info and record.exc_info[0] is not None:
             out["exception"] = record.exc_info[0].__name__
-        return orjson.dumps(out, default=str).decode()
+        return redact(orjson.dumps(out, default=str).decode())
 
 
 def setup(level: str) -> None:
@@ -47,4 +48,15 @@ def setup(level: str) -> None:
 def error_text(exc: BaseException) -> str:
     """A one-line description of an error that is safe to store and log (no payload data)."""
     text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:500]
+    return redact(f"{type(exc).__name__}: {text}")[:500]
+
+
+# Credentials that a library may put in its own messages: a URL's user:password@ (a database
+# or broker URL, even a mistyped one) and libpq's password=... setting.
+_URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*:/*[^\s:/@\"']*):[^\s@\"']*@")
+_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('[^']*'|[^\s\"',]+)")
+
+
+def redact(text: str) -> str:
+    """``text`` without passwords: what a log line or a stored error may show."""
+    return _PASSWORD.sub(r"\1***", _URL_USERINFO.sub(r"\1:***@", text))

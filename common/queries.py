@@ -363,18 +363,22 @@ def oldest_change_after(wt: WatchTable, *, inclusive: bool) -> sql.Composed:
 # claim's holder, but only of a claim nobody holds or whose holder's lease ran out: a broker
 # may hand a job to a second worker while the first is still sending (a lost connection), and
 # one window must never run twice at once. A window resumes from the subscription's cursor,
-# which checkpoints may have moved past its start.
-TAKE_OVER = """
+# which checkpoints may have moved past its start. The registry row comes along: it, not a
+# worker's cache, says which table a window reads (a name may be removed and registered again).
+_W_REGISTRY = ", ".join("w." + c.strip() for c in REGISTRY_COLUMNS.split(","))
+TAKE_OVER = f"""
 UPDATE apievents.subscription s
 SET claim_holder = c.holder, claim_expires_at = now() + %(lease)s * interval '1 second',
     last_attempt_at = now()
-FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[], %(holders)s::uuid[]) AS c(num, job, holder)
+FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[], %(holders)s::uuid[]) AS c(num, job, holder),
+     apievents.watch_table w
 WHERE s.subscription_num = c.num AND s.claim_job = c.job AND s.status = 'active'
   AND NOT s.claim_revoked AND (s.claim_holder IS NULL OR s.claim_expires_at <= now())
+  AND w.name = s.watch_table
 RETURNING c.job::text, s.date_time_start, s.cursor_key, s.claim_seq, s.endpoint_url,
           s.customer_key, s.workstation, s.secret,
           CASE WHEN s.previous_secret_expires_at > now() THEN s.previous_secret END,
-          s.watch_table
+          {_W_REGISTRY}
 """
 
 # Why a take-over found nothing: the claim is held by a live holder (busy), or it moved on.

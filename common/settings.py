@@ -175,8 +175,9 @@ class Settings:
     )
     dns_timeout_seconds: float = _opt(
         5.0,
-        "API and CLI: seconds an endpoint's host name may take to resolve when checked.",
-        used_by=(*SUBSCRIPTIONS_WRITE, "api"),
+        "Seconds an endpoint's host name may take to resolve (when a subscription is checked, "
+        "and when a worker connects).",
+        used_by=(*SUBSCRIPTIONS_WRITE, "api", "worker"),
     )
     max_subscriptions_per_customer: int = _opt(
         100,

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from apievents.common import queries, registry, watermark
+from apievents.common.db import connection_lost
 from apievents.common.logs import error_text
 from apievents.common.messages import Job, new_id
 from apievents.common.watermark import Horizon
@@ -92,8 +93,8 @@ def _newest_changes(conn: psycopg.Connection[Any], names: set[str]) -> dict[str,
                 row = conn.execute(queries.newest_change(wt)).fetchone()
             newest[wt.name] = _aware(wt.name, row[0] if row else None)
         except psycopg.errors.Error as e:
-            if isinstance(e, psycopg.OperationalError):
-                raise
+            if connection_lost(e, conn):
+                raise  # a slow table's cancelled query is reported below; it stops nothing
             log.warning(
                 "watch_table_unreadable", extra={"watch_table": wt.name, "error": error_text(e)}
             )

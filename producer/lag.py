@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from apievents.common import queries, registry
+from apievents.common.db import connection_lost
 from apievents.common.logs import error_text
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,9 @@ def largest_lag(conn: psycopg.Connection[Any], clock: datetime) -> float:
                 row = conn.execute(
                     queries.oldest_change_after(wt, inclusive=inside), {"start": start}
                 ).fetchone()
-        except psycopg.OperationalError:
-            raise
         except psycopg.Error as e:
+            if connection_lost(e, conn):
+                raise
             log.debug("lag_unreadable", extra={"watch_table": wt.name, "error": error_text(e)})
             continue
         if row and row[0] is not None and row[0].tzinfo is not None:  # naive: see claim._aware

@@ -14,7 +14,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from apievents.common import metrics, queries
 from apievents.common.broker import TRANSIENT_ERRORS
+from apievents.common.db import connection_lost
 from apievents.common.logs import error_text
 from apievents.common.messages import Checkpoint, Outcome
 from apievents.worker import reads, rows
@@ -30,6 +31,7 @@ from apievents.worker.sender import Answer, Sender
 from apievents.worker.takeover import Target
 
 log = logging.getLogger(__name__)
+FRESH_LEASE = 0.5  # seconds a take-over's lease covers the first POST without an extension
 
 
 class Disposition(enum.Enum):
@@ -52,6 +54,8 @@ class Context:
     checkpoint_batches: int
     report: Callable[[Checkpoint], None]
     posts: asyncio.Semaphore
+    deadline: float  # of one POST, connect to last byte
+    interrupted: set[str] = field(default_factory=set)  # jobs cancelled mid-POST
 
 
 class _LostClaim(Exception):
@@ -68,14 +72,15 @@ async def deliver(ctx: Context, target: Target, first: FirstPage | None) -> Outc
         # when the lease runs out. Any other loss makes this outcome stale.
         log.info("claim_lost", extra=_fields(target))
         return window.outcome(Answer(False, None, "stopped", "claim lost"))
+    except psycopg.Error as e:
+        if connection_lost(e):
+            return await _requeue(target, e)
+        # A dropped table, a permission, a statement timeout: the subscription backs off.
+        return window.outcome(Answer(False, None, "database", error_text(e)))
     except TRANSIENT_ERRORS as e:
-        log.warning("window_requeued", extra=_fields(target) | {"error": error_text(e)})
-        await asyncio.sleep(1.0)  # no hot loop while the database is away
-        return Disposition.REQUEUE
+        return await _requeue(target, e)
     except asyncio.CancelledError:
         raise
-    except psycopg.Error as e:  # a dropped table, a permission: the subscription backs off
-        return window.outcome(Answer(False, None, "database", error_text(e)))
     except rows.RowEncodingError as e:
         return window.outcome(Answer(False, None, "serialization", error_text(e)))
     except Exception as e:  # contained: a failure on this subscription, never a requeue loop
@@ -108,7 +113,7 @@ class _Window:
             if more and (full or first is not None):  # read on while this page is sent
                 self._next = asyncio.create_task(self._read(rows.position(page[-1])))
             async with self.ctx.posts:
-                if self.batches or self._lease_aged():
+                if self.batches or not self._lease_fresh():
                     await self._extend_lease()
                 answer = await self._post(page)
             if not answer.ok:
@@ -130,10 +135,13 @@ class _Window:
             self.ctx.pool, self.wt, self.t.start, self.t.job.window_end, after, self.ctx.batch_size
         )
 
-    def _lease_aged(self) -> bool:
-        """True if waiting for a POST slot ate into the lease the take-over set: a POST must
-        start with a full lease ahead of it, longer than its deadline."""
-        return asyncio.get_running_loop().time() - self.leased > self.ctx.lease / 4
+    def _lease_fresh(self) -> bool:
+        """Whether the take-over's lease is recent enough for the first POST without another
+        round trip: under half a second old (an edit cannot have gone unseen for longer), and
+        with a whole POST deadline of it left. Otherwise (a wait for a POST slot, say) the
+        lease is extended first, which also finds a claim that an edit revoked."""
+        elapsed = asyncio.get_running_loop().time() - self.leased
+        return elapsed < min(FRESH_LEASE, self.ctx.lease - self.ctx.deadline - 1.0)
 
     async def _extend_lease(self) -> None:
         params = self.t.claim | {"lease": self.ctx.lease}
@@ -146,7 +154,11 @@ class _Window:
     async def _post(self, page: list[Row]) -> Answer:
         body = rows.encode(self.wt, page)
         headers = self.t.headers(body, self.ctx.workstation)
-        answer = await self.ctx.sender.post(self.t.endpoint_url, body, headers)
+        try:
+            answer = await self.ctx.sender.post(self.t.endpoint_url, body, headers)
+        except asyncio.CancelledError:  # shutdown, mid-POST: the receiver may still be
+            self.ctx.interrupted.add(self.t.job.job_id)  # reading it (see hand_back)
+            raise
         metrics.DELIVERIES.labels(answer.outcome).inc()
         metrics.DELIVERY_DURATION.observe(answer.seconds)
         self.attempts.append(
@@ -222,6 +234,12 @@ class _Window:
             position_key=str(failed_after[1]) if failed_after else None,
             attempts=tuple(self.attempts),
         )
+
+
+async def _requeue(target: Target, error: BaseException) -> Disposition:
+    log.warning("window_requeued", extra=_fields(target) | {"error": error_text(error)})
+    await asyncio.sleep(1.0)  # no hot loop while the database is away
+    return Disposition.REQUEUE
 
 
 def _fields(t: Target) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import ipaddress
 import socket
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -52,11 +53,17 @@ class Answer:
 
 
 class GuardedResolver(AbstractResolver):
-    """Resolves with a timeout and returns only the addresses the policy allows."""
+    """Resolves with a timeout and returns only the addresses the policy allows.
 
-    def __init__(self, policy: EndpointPolicy, timeout: float) -> None:
+    Lookups run on threads of their own: a lookup that hangs keeps its thread until the
+    system resolver gives up, and one customer's hanging names must not take the threads
+    every other lookup (and the rest of the loop's work) needs.
+    """
+
+    def __init__(self, policy: EndpointPolicy, timeout: float, threads: int = 64) -> None:
         self.policy = policy
         self.timeout = timeout
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="dns")
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC
@@ -67,7 +74,9 @@ class GuardedResolver(AbstractResolver):
         # answer from elsewhere); it runs only for a new connection, on the executor.
         lookup = functools.partial(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
         try:
-            infos = await asyncio.wait_for(loop.run_in_executor(None, lookup), self.timeout)
+            infos = await asyncio.wait_for(
+                loop.run_in_executor(self.executor, lookup), self.timeout
+            )
         except (OSError, UnicodeError, TimeoutError) as e:
             raise EndpointRefused(f"{host} does not resolve ({type(e).__name__})") from None
         found: list[ResolveResult] = []
@@ -93,7 +102,8 @@ class GuardedResolver(AbstractResolver):
         return found
 
     async def close(self) -> None:
-        """Nothing to release."""
+        """Let the lookup threads go (a hanging one ends when the system resolver does)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 class Sender:
@@ -118,11 +128,12 @@ class Sender:
             total=timeout + connect_timeout, sock_connect=connect_timeout
         )
         ssl_context = ssl.create_default_context(cafile=ca_bundle or certifi.where())
+        self.resolver = GuardedResolver(self.policy, dns_timeout)
         self.connector = aiohttp.TCPConnector(
             limit=concurrency,
             limit_per_host=0,
             ssl=ssl_context,
-            resolver=GuardedResolver(self.policy, dns_timeout),
+            resolver=self.resolver,
             ttl_dns_cache=10,
             keepalive_timeout=30,
         )
@@ -172,8 +183,9 @@ class Sender:
         return Answer(False, status, "http_error", f"HTTP {status}", retry_after, _since(started))
 
     async def close(self) -> None:
-        """Close pooled connections."""
+        """Close pooled connections and the lookup threads."""
         await self.session.close()
+        await self.resolver.close()
 
 
 @lru_cache(maxsize=4096)

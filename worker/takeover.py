@@ -71,18 +71,18 @@ def statement(jobs: Sequence[Job], lease: float) -> tuple[str, dict[str, Any], l
 
 
 def targets(
-    rows: Sequence[Sequence[Any]],
-    jobs: Sequence[Job],
-    holders: Sequence[str],
-    tables: dict[str, WatchTable],
+    rows: Sequence[Sequence[Any]], jobs: Sequence[Job], holders: Sequence[str]
 ) -> dict[str, Target]:
-    """The taken-over windows by job id, from the take-over's rows."""
+    """The taken-over windows by job id, from the take-over's rows (which carry the registry
+    row of each window's WatchTable)."""
     by_id = {j.job_id: (j, h) for j, h in zip(jobs, holders, strict=True)}
     found = {}
-    for job_id, start, cursor, seq, url, ck, ws, secret, previous, table in rows:
+    for row in rows:
+        job_id, start, cursor, seq, url, ck, ws, secret, previous = row[:9]
         job, holder = by_id[job_id]
         live = tuple(s for s in (secret, previous) if s)
-        found[job_id] = Target(job, holder, start, cursor, seq, url, ck, ws, live, tables[table])
+        wt = WatchTable.from_row(row[9:])
+        found[job_id] = Target(job, holder, start, cursor, seq, url, ck, ws, live, wt)
     return found
 
 

@@ -15,6 +15,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from apievents.common import queries
+from apievents.common.db import connection_lost as lost
 from apievents.common.messages import Checkpoint, Job, Outcome
 from apievents.common.registry import WatchTable
 from apievents.common.settings import Settings
@@ -68,6 +69,7 @@ class DatabaseWindows:
                 settings.worker_concurrency,
                 EndpointPolicy.from_settings(settings),
                 settings.ca_bundle,
+                settings.dns_timeout_seconds,
             ),
             settings.batch_size,
             settings.lease_seconds,
@@ -75,6 +77,7 @@ class DatabaseWindows:
             settings.checkpoint_batches,
             report,
             asyncio.Semaphore(settings.worker_concurrency),
+            settings.http_timeout + settings.http_connect_timeout,
         )
         self._targets: dict[str, Target] = {}
         self._tables: tuple[float, dict[str, WatchTable]] = (0.0, {})
@@ -131,12 +134,13 @@ class DatabaseWindows:
                 async with conn.pipeline():
                     taken = await conn.execute(sql, params)
                     cursors = await reads.run_shared(conn, shared, limit)
-            except psycopg.OperationalError:
-                raise
-            except psycopg.Error:
-                # A shared read failed (a dropped table, say) and took the take-over down with
-                # it in the pipeline's transaction: take over alone; each window's own read
-                # then reports the error on its subscription.
+            except psycopg.Error as e:
+                if lost(e, conn):
+                    raise
+                # A shared read failed (a dropped table, a statement timeout on one slow
+                # table) and took the take-over down with it in the pipeline's transaction:
+                # take over alone; each window's own read then reports the error on its own
+                # subscription, and no other window waits for it.
                 taken, cursors, shared = await conn.execute(sql, params), [], []
             rows = await taken.fetchall()
             firsts: dict[str, FirstPage] = {}
@@ -148,9 +152,16 @@ class DatabaseWindows:
                     log.exception(  # only the shared read: its windows read their own pages
                         "shared_read_unusable", extra={"watch_table": read.watch_table.name}
                     )
-        return takeover.targets(rows, jobs, holders, tables), firsts
+        found_targets = takeover.targets(rows, jobs, holders)
+        for job_id, target in found_targets.items():
+            if tables.get(target.watch_table.name) != target.watch_table:
+                firsts.pop(job_id, None)  # read from a stale definition: the window reads anew
+                self._tables = (0.0, {})  # and the next batch reads the registry again
+        return found_targets, firsts
 
     async def _watch_tables(self) -> dict[str, WatchTable]:
+        """The registry, cached for the shared reads; the take-over's own registry rows are
+        what windows read, and a mismatch drops the cache (see _take_over)."""
         expires, tables = self._tables
         now = asyncio.get_running_loop().time()
         if now >= expires:
@@ -161,8 +172,14 @@ class DatabaseWindows:
         return tables
 
     async def hand_back(self, jobs: Sequence[Job]) -> None:
-        """Step down as holder of windows that have no POST in flight any more."""
-        windows = [self._targets.pop(j.job_id) for j in jobs if j.job_id in self._targets]
+        """Step down as holder of cancelled windows, so their requeued jobs go on at once; but
+        not of one cancelled mid-POST, which its receiver may still be reading: its claim's
+        lease decides when it goes on, as if this worker had died."""
+        windows = [
+            self._targets.pop(j.job_id)
+            for j in jobs
+            if j.job_id in self._targets and j.job_id not in self.ctx.interrupted
+        ]
         async with self.pool.connection() as conn:
             await takeover.hand_back(conn, windows)
 

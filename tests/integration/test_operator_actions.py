@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from apievents.common import subscriptions
 from tests.integration.conftest import insert_appointments, state, subscribe
 from tests.support import wait_for
-from tests.support.receiver import Receiver, status
+from tests.support.receiver import Receiver, sleep_then, status
 from tests.support.services import LOOPBACK_POLICY, Pipeline, fast_settings
 
 
@@ -77,3 +78,30 @@ def test_rows_still_owed_when_the_stop_passes_are_sent_and_then_it_expires(
     assert [r["AptNum"] for r in receiver.delivered("/s")] == owed
     assert {r["AptNum"] for r in receiver.delivered("/clock")} == set(owed + later)
     assert state(conn, clock)["Status"] == "active"
+
+
+@pytest.mark.parametrize("edit", ["pause", "endpoint"])
+def test_an_edit_while_a_window_waits_for_a_slot_stops_its_first_post(
+    edit: str, database_url: str, prefix: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    settings = fast_settings(
+        database_url, prefix, lease_seconds=20, http_timeout=8, worker_concurrency=1
+    )
+    receiver.behaviours["/a"] = sleep_then(3.0)  # holds the worker's only POST slot
+    subscribe(conn, receiver.url("/a"))
+    num = subscribe(conn, receiver.url("/b"))
+    insert_appointments(conn, 3)
+    p = Pipeline(settings).start_all(workers=1)
+    try:
+        wait_for(lambda: receiver.active("/a") == 1, 15, "the other subscription's POST")
+        assert state(conn, num)["InFlight"], "the window waits for the slot"
+        if edit == "pause":
+            subscriptions.set_status(conn, num, "paused")
+        else:
+            subscriptions.update(conn, num, {"endpoint_url": receiver.url("/new")}, LOOPBACK_POLICY)
+        edited = time.monotonic()
+        wait_for(lambda: not receiver.active("/a") and receiver.spans, 15, "the slot's release")
+        time.sleep(1.0)  # the waiting window has had its chance to POST
+    finally:
+        p.stop_all()
+    assert [start for path, start, _ in receiver.spans if path == "/b" and start > edited] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -155,8 +156,9 @@ def test_a_publish_whose_confirm_times_out_keeps_its_claim(
         finally:
             lifecycle.stop.set()
             producer.join(30)
-    pipeline.start("worker")
-    pipeline.start("committer")
+    # The published job's window may end just before the rows (the window end keeps a margin
+    # behind the clock): a producer then issues the next window, once the first one is done.
+    pipeline.start_all()
     wait_for(lambda: caught_up(conn, num, keys), 30, "delivery of the one job")
     assert len(receiver.batches()) == 1
 
@@ -172,3 +174,82 @@ def test_the_producer_keeps_heartbeats_flowing_while_idle(
         stays(lambda: not [r for r in caplog.records if r.getMessage() == "reconnecting"], 6)
     finally:
         p.stop_all()
+
+
+def test_a_first_post_after_a_wait_for_a_slot_never_outlives_its_lease(
+    database_url: str, prefix: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    # The smallest lease settings accept (just over the POST deadline): a window that waited
+    # for a POST slot must extend its lease before its first POST, or the lease runs out
+    # mid-POST and the producer re-issues the window to another worker.
+    settings = fast_settings(
+        database_url,
+        prefix,
+        lease_seconds=10,
+        http_timeout=8,
+        http_connect_timeout=1,
+        worker_concurrency=1,
+        worker_batch=1,
+    )
+    order = iter(range(100))
+    lock = threading.Lock()
+    first: dict[str, int] = {}
+
+    def behave_for(path: str) -> Any:
+        def behave(n: int) -> int:
+            if n == 0:
+                with lock:
+                    first[path] = k = next(order)
+                if k == 0:
+                    time.sleep(2.3)  # holds the worker's only POST slot
+                elif k == 1:
+                    time.sleep(8.5)  # within the POST deadline, longer than the lease left
+            return 200
+
+        return behave
+
+    nums = []
+    for i in range(6):
+        receiver.behaviours[f"/s{i}"] = behave_for(f"/s{i}")
+        nums.append(subscribe(conn, receiver.url(f"/s{i}")))
+    keys = insert_appointments(conn, 3)
+    p = Pipeline(settings)
+    p.start("committer")
+    p.start("w1", "worker")  # its prefetch takes the first jobs
+    time.sleep(1.0)
+    p.start("producer")
+    try:
+        wait_for(lambda: len(first) >= 2, 15, "the second window's first POST")
+        for name in ("w2", "w3", "w4"):  # room for any re-issued job
+            p.start(name, "worker")
+        wait_for(lambda: all(caught_up(conn, n, keys) for n in nums), 60, "every window")
+    finally:
+        p.stop_all()
+    assert {path: receiver.overlapping(path) for path in receiver.behaviours} == {
+        path: [] for path in receiver.behaviours
+    }
+
+
+def test_a_worker_stopped_mid_post_leaves_the_claim_until_the_lease_ends(
+    database_url: str, prefix: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    # The worker gives up the POST at its shutdown timeout, but the receiver is still working
+    # on it: handing the claim back at once would let another worker POST beside it.
+    settings = fast_settings(
+        database_url, prefix, lease_seconds=12, http_timeout=10, shutdown_timeout=1
+    )
+    receiver.behaviours["/h"] = lambda n: sleep_then(6)(n) if n == 0 else 200
+    num = subscribe(conn, receiver.url("/h"))
+    keys = insert_appointments(conn, 3)
+    p = Pipeline(settings)
+    p.start("producer")
+    p.start("committer")
+    p.start("w1", "worker")
+    try:
+        wait_for(lambda: receiver.active("/h") == 1, 15, "the first POST")
+        p.start("w2", "worker")
+        threading.Thread(target=p.stop, args=("w1",), daemon=True).start()
+        wait_for(lambda: caught_up(conn, num, keys), 60, "delivery by the other worker")
+    finally:
+        p.stop_all()
+    assert receiver.overlapping("/h") == []

@@ -63,6 +63,15 @@ def state(conn: psycopg.Connection[Any], num: int) -> dict[str, Any]:
     return subscriptions.get(conn, num)
 
 
+def cursor(conn: psycopg.Connection[Any], num: int) -> str | None:
+    """The key of the subscription's checkpoint inside its DateTimeStart, if any."""
+    row = conn.execute(
+        "SELECT cursor_key FROM apievents.subscription WHERE subscription_num = %s", (num,)
+    ).fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
 def caught_up(conn: psycopg.Connection[Any], num: int, keys: list[int]) -> bool:
     """The subscription's watermark covers these rows and no window is in flight."""
     row = conn.execute(

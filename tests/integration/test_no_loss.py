@@ -15,6 +15,7 @@ from apievents.common.messages import Checkpoint, Outcome, new_id
 from apievents.common.retry import RetryPolicy
 from tests.integration.conftest import (
     caught_up,
+    cursor,
     date_time_start,
     insert_appointments,
     state,
@@ -119,14 +120,6 @@ def test_a_failure_after_progress_resends_from_the_first_unanswered_batch(
         p.stop_all()
     assert [r["AptNum"] for r in receiver.delivered("/c")] == keys
     assert state(conn, num)["ConsecutiveFailures"] == 0
-
-
-def cursor(conn: psycopg.Connection[Any], num: int) -> str | None:
-    row = conn.execute(
-        "SELECT cursor_key FROM apievents.subscription WHERE subscription_num = %s", (num,)
-    ).fetchone()
-    assert row is not None
-    return row[0]  # type: ignore[no-any-return]
 
 
 def test_a_window_longer_than_its_lease_extends_it_and_never_runs_twice(

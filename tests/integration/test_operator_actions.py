@@ -10,18 +10,10 @@ import psycopg
 import pytest
 
 from apievents.common import subscriptions
-from tests.integration.conftest import insert_appointments, state, subscribe
+from tests.integration.conftest import cursor, insert_appointments, state, subscribe
 from tests.support import wait_for
 from tests.support.receiver import Receiver, sleep_then, status
 from tests.support.services import LOOPBACK_POLICY, Pipeline, fast_settings
-
-
-def cursor(conn: psycopg.Connection[Any], num: int) -> str | None:
-    row = conn.execute(
-        "SELECT cursor_key FROM apievents.subscription WHERE subscription_num = %s", (num,)
-    ).fetchone()
-    assert row is not None
-    return row[0]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("how", ["rewind", "update"])

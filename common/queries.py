@@ -299,13 +299,28 @@ LIMIT %(limit)s
 FOR UPDATE OF s SKIP LOCKED
 """
 
+# Each subscription polls at its own phase of its PollingSeconds: the golden-ratio multiple of
+# its number, so consecutive numbers spread evenly. Its next poll is the first point of that
+# phase after the claim, never more than PollingSeconds later. Subscriptions created (or freed
+# by a restart) together would otherwise poll together forever, as one burst a period.
+_PHASE = "mod(subscription_num * 0.6180339887498949, 1)::float8 * polling_seconds"
+
+
+def _next_poll(anchor: str) -> str:
+    """SQL: the first point of the subscription's phase strictly after ``anchor``."""
+    return (
+        f"to_timestamp((floor((extract(epoch FROM {anchor})::float8 - {_PHASE}) "
+        f"/ polling_seconds) + 1) * polling_seconds + {_PHASE})"
+    )
+
+
 # Nothing changed since DateTimeStart: no job; look again after PollingSeconds. Every change up
 # to the safe window end was delivered, so DateTimeStart moves there (never past DateTimeStop,
 # never back), as Open Dental moves it on every poll: a live subscription's start keeps pace.
 _IDLE_START = "greatest(date_time_start, least(%(end)s, coalesce(date_time_stop, 'infinity')))"
 RESCHEDULE_IDLE = f"""
 UPDATE apievents.subscription
-SET next_attempt_at = now() + polling_seconds * interval '1 second',
+SET next_attempt_at = {_next_poll('now()')},
     cursor_key = CASE WHEN {_IDLE_START} > date_time_start THEN NULL ELSE cursor_key END,
     date_time_start = {_IDLE_START}, {_RELEASE}
 WHERE subscription_num = ANY(%(nums)s)
@@ -508,7 +523,7 @@ subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
 COMMIT_SUCCESSES = f"""
 UPDATE apievents.subscription s
 SET date_time_start = o.window_end, cursor_key = NULL,
-    next_attempt_at = s.claimed_at + s.polling_seconds * interval '1 second',
+    next_attempt_at = {_next_poll('s.claimed_at')},
     consecutive_failures = 0, last_error = NULL, last_error_class = NULL,
     last_http_status = o.http_status,
     failing_since = NULL, last_success_at = now(), {_RELEASE}
@@ -552,7 +567,7 @@ SET date_time_start = CASE WHEN %(progress)s THEN %(position_ts)s ELSE date_time
         WHEN {_FAILING_TOO_LONG} THEN 'failing continuously since ' || failing_since::text
         ELSE status_reason END,
     next_attempt_at = CASE
-        WHEN %(progress)s THEN greatest(claimed_at + polling_seconds * interval '1 second',
+        WHEN %(progress)s THEN greatest({_next_poll('claimed_at')},
                                         now() + %(retry_after)s * interval '1 second')
         ELSE now() + %(delay)s * interval '1 second' END,
     {_RELEASE}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from typing import Any
 
@@ -135,6 +136,47 @@ def test_an_idle_subscription_start_advances_on_each_poll(
         seen.append(date_time_start(conn, num))
     assert state(conn, num)["LastAttempt"] is None  # no window was issued
     assert claim_due(conn, 100, 60)[1] == []
+
+
+def polls(conn: psycopg.Connection[Any], nums: list[int]) -> list[tuple[Any, Any]]:
+    """(next_attempt_at, subscription_num) of each subscription, while none is claimed."""
+    rows = conn.execute(
+        "SELECT next_attempt_at, subscription_num FROM apievents.subscription "
+        "WHERE subscription_num = ANY(%s) AND claim_job IS NULL ORDER BY subscription_num",
+        (nums,),
+    ).fetchall()
+    return [tuple(r) for r in rows]
+
+
+def assert_spread(conn: psycopg.Connection[Any], nums: list[int], period: float) -> None:
+    """Next polls at distinct phases of the period (ticks are 0.05 s: no two in one tick),
+    none more than a period ahead."""
+    nexts = [t for t, _ in polls(conn, nums)]
+    phases = sorted(t.timestamp() % period for t in nexts)
+    assert min(b - a for a, b in itertools.pairwise(phases)) > 0.2, phases
+    now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+    assert all(t - now <= timedelta(seconds=period) for t in nexts)
+
+
+def test_subscriptions_created_together_poll_at_their_own_phases(
+    conn: psycopg.Connection[Any], pipeline: Pipeline, receiver: Receiver
+) -> None:
+    # Created together (or all freed together by a restart), they would otherwise poll
+    # together forever: one burst of windows a period, and the last in it waits longest.
+    period = 4
+    nums = [subscribe(conn, receiver.url(), polling_seconds=period) for _ in range(8)]
+    insert_appointments(conn, 1)
+    pipeline.start_all()
+    wait_for(lambda: len(receiver.delivered()) == 8, 30, "a delivery to each")
+    wait_for(lambda: len(polls(conn, nums)) == 8, 30, "every claim released")
+    assert_spread(conn, nums, period)  # as rescheduled after a delivery
+    delivered = {t for t, _ in polls(conn, nums)}
+    wait_for(
+        lambda: len(polls(conn, nums)) == 8 and not delivered & {t for t, _ in polls(conn, nums)},
+        3 * period,
+        "an idle poll of each",
+    )
+    assert_spread(conn, nums, period)  # as rescheduled by a poll that found nothing
 
 
 def test_expired_subscription_sends_nothing(

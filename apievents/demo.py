@@ -24,7 +24,7 @@ import orjson
 import psycopg
 from psycopg import conninfo, sql
 
-from apievents.common import queries, registry, subscriptions
+from apievents.common import queries, queries_pg, registry, subscriptions
 from apievents.common.broker import TRANSIENT_ERRORS
 from apievents.common.migrate import migrate
 from apievents.common.settings import Settings
@@ -279,7 +279,7 @@ class Demo:
 def _lag(conn: psycopg.Connection[Any], table: str, start: str) -> float:
     wt = registry.get(conn, table)
     row = conn.execute(
-        queries.oldest_change_after(wt, inclusive=False), {"start": start}
+        queries_pg.oldest_change_after(wt, inclusive=False), {"start": start}
     ).fetchone()
     if row is None or row[0] is None:
         return 0.0

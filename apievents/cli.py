@@ -317,6 +317,12 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="Stop by itself after this many seconds (default: until Ctrl-C).",
     )
+    p.add_argument(
+        "--mariadb-office",
+        metavar="URL",
+        help="Also demo an Open Dental-shaped MariaDB office: mysql://user:pass@host:3306 of a "
+        "server whose user may create the database apievents_demo_office (make run-office).",
+    )
 
     for name, text in [
         ("producer", "Run the producer: claim due subscriptions and publish jobs."),
@@ -380,7 +386,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from apievents.demo import Demo
 
-    return Demo(settings, args.dir, args.database_name, args.duration).run()
+    return Demo(settings, args.dir, args.database_name, args.duration, args.mariadb_office).run()
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

@@ -31,6 +31,7 @@ from apievents.common import (
 )
 from apievents.common.broker import Session, Unconfirmed
 from apievents.common.lifecycle import ConfigurationError, Lifecycle, Wired, readiness
+from apievents.common.logs import error_text
 from apievents.common.messages import Job
 from apievents.common.mysql_horizon import BlindSource, Reading
 from apievents.common.settings import Settings
@@ -145,18 +146,20 @@ class Producer:
         for name in set(self.watchers) - set(found):
             await self.watchers.pop(name).stop()
         c = self.config
+        fresh = []
         for name, source in found.items():
             watcher = self.watchers.get(name)
             if watcher is None or watcher.source.url != source.url:
                 if watcher is not None:
                     await watcher.stop()
                 watcher = Watcher(source, c.source_connections, c.source_timeout, c.tick_seconds)
-                watcher.tables = tables.get(name, [])
-                if first:
-                    await self._check_at_start(watcher)
                 self.watchers[name] = watcher
-                watcher.start()
+                fresh.append(watcher)
             watcher.tables = tables.get(name, [])
+        if first:  # every source at once: one that is down delays the start by one timeout
+            await asyncio.gather(*(self._check_at_start(w) for w in fresh))
+        for watcher in fresh:
+            watcher.start()
         self._next_sources = time.monotonic() + SOURCES_INTERVAL
 
     async def _check_at_start(self, watcher: Watcher) -> None:
@@ -165,7 +168,9 @@ class Producer:
         except BlindSource as e:
             raise UnsafeRoleError(str(e)) from None
         except Exception as e:  # down or slow: its own task keeps trying
-            log.warning("source_down", extra={"source": watcher.source.name, "error": str(e)})
+            log.warning(
+                "source_down", extra={"source": watcher.source.name, "error": error_text(e)}
+            )
 
     def _sources_and_tables(self) -> tuple[dict[str, sources.Source], dict[str, list[Any]]]:
         with self.pool.connection() as conn:

@@ -222,7 +222,14 @@ def _routes(rules: _Rules, fmt: formats.Format) -> APIRouter:
         values = rules.screened(body)
         with pool.connection() as conn:
             owned(conn, num, ck)
-            changed = subscriptions.update(conn, num, values, rules.policy, rules.secret_overlap)
+            changed = subscriptions.update(
+                conn,
+                num,
+                values,
+                rules.policy,
+                rules.secret_overlap,
+                source=sources.of_customer(conn, ck),
+            )
         return fmt(public(changed))
 
     @router.delete("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)

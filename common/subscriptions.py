@@ -49,7 +49,7 @@ def validate(
         try:
             if source is None:
                 source = sources.of_customer(conn, str(out.get("customer_key") or ""))
-            else:
+            elif source:
                 sources.get(conn, source)
             out["watch_table"] = registry.resolve(conn, out["watch_table"], source).name
         except sources.SourceError as e:
@@ -185,12 +185,15 @@ def update(
     secret_overlap: float = 86400.0,
     *,
     dns_timeout: float = DNS_TIMEOUT,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Change only the named fields; drops any claim so the change takes effect at once.
 
     A new secret replaces the old one, which keeps signing for ``secret_overlap`` seconds.
     """
-    clean = validate(conn, values, partial=True, policy=policy, dns_timeout=dns_timeout)
+    clean = validate(
+        conn, values, partial=True, policy=policy, dns_timeout=dns_timeout, source=source
+    )
     if not clean:
         return get(conn, num)
     with conn.transaction():

@@ -70,6 +70,10 @@ class Watcher:
             except (mysql.SourceUnavailable, mysql.Error) as e:
                 metrics.SOURCE_ERRORS.labels(name).inc()
                 self._health(False, error_text(e))
+            except Exception as e:  # unexpected: reported, and the next tick tries again
+                log.exception("source_read_failed", extra={"source": name})
+                metrics.SOURCE_ERRORS.labels(name).inc()
+                self._health(False, error_text(e))
             await asyncio.sleep(self.tick)
 
     def _health(self, up: bool, error: str = "") -> None:

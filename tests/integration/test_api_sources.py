@@ -57,6 +57,10 @@ def test_a_customer_key_of_a_source_subscribes_to_that_office(
     assert answer.json()["WatchTable"] == "Appointment"  # the name its office knows
     stored = subscriptions.get(conn, answer.json()["SubscriptionNum"])
     assert stored["WatchTable"] == "north.Appointment"
+    num = answer.json()["SubscriptionNum"]
+    moved = client.put(f"{V1}/{num}", json={"WatchTable": "Patient"}, headers=auth)
+    assert moved.status_code == 200, moved.text
+    assert subscriptions.get(conn, num)["WatchTable"] == "north.Patient"
     tables = client.get("/api/v1/watchtables", headers=auth).json()
     assert sorted(t["WatchTable"] for t in tables) == [
         "Appointment",

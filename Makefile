@@ -1,13 +1,13 @@
 # make test  - install into .venv, start PostgreSQL/RabbitMQ if stopped, lint, type-check, test
 # make unit  - the unit layer only (no services needed)
-# make run   - see README
+# make run   - see README (make run-office: with a MariaDB office too)
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test unit lint services run bench clean
+.PHONY: test unit lint services run run-office bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 # APIEVENTS_BROKER_URL), or an embedded PostgreSQL and an in-process broker. Ctrl-C stops it.
 run: $(STAMP)
 	$(BIN)/apievents demo
+
+# `make run` plus an Open Dental-shaped MariaDB office (source "office") delivering beside the
+# PostgreSQL tables. MARIADB_URL is a server (not a database) whose user may create a database.
+MARIADB_URL ?= mysql://root@127.0.0.1:3306
+run-office: $(STAMP)
+	$(BIN)/apievents demo --mariadb-office $(MARIADB_URL)
 
 services:
 	bash scripts/services.sh

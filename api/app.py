@@ -31,7 +31,7 @@ from apievents.api.models import (
     SubscriptionOut,
     WatchTableOut,
 )
-from apievents.common import inputs, limits, queries, registry, subscriptions
+from apievents.common import inputs, limits, queries, registry, sources, subscriptions
 from apievents.common.ssrf import EndpointPolicy
 
 COLUMN_OF = {name: column for column, name in subscriptions.FIELDS.items()}
@@ -222,7 +222,14 @@ def _routes(rules: _Rules, fmt: formats.Format) -> APIRouter:
         values = rules.screened(body)
         with pool.connection() as conn:
             owned(conn, num, ck)
-            changed = subscriptions.update(conn, num, values, rules.policy, rules.secret_overlap)
+            changed = subscriptions.update(
+                conn,
+                num,
+                values,
+                rules.policy,
+                rules.secret_overlap,
+                source=sources.of_customer(conn, ck),
+            )
         return fmt(public(changed))
 
     @router.delete("/subscriptions/{num}", response_model=SubscriptionOut, responses=ERRORS)
@@ -245,8 +252,13 @@ def _routes(rules: _Rules, fmt: formats.Format) -> APIRouter:
 
     @router.get("/watchtables", response_model=list[WatchTableOut], responses=ERRORS)
     def watch_tables(conn: Conn, ck: Customer) -> list[dict[str, Any]]:
-        """The WatchTables a subscription may name."""
-        return [wt.to_json() for wt in registry.all_tables(conn)]
+        """The WatchTables a subscription may name: those of the customer's source."""
+        source = sources.of_customer(conn, ck)
+        return [
+            wt.to_json() | {"WatchTable": wt.event_name}
+            for wt in registry.all_tables(conn)
+            if wt.source == source
+        ]
 
     return router
 
@@ -255,4 +267,7 @@ def public(sub: dict[str, Any]) -> dict[str, Any]:
     """What a customer sees of a subscription: why deliveries fail as a class, never the raw
     error text, which could describe our internal network to someone probing it."""
     shown = sub.get("LastErrorClass") or ("error" if sub.get("LastError") else None)
-    return sub | {"LastError": shown}
+    out = sub | {"LastError": shown}
+    if isinstance(sub.get("WatchTable"), str):  # a source's Name, as its office knows it
+        out["WatchTable"] = sub["WatchTable"].rpartition(".")[2]
+    return out

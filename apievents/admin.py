@@ -13,7 +13,16 @@ from typing import Any
 import orjson
 import psycopg
 
-from apievents.common import api_keys, db, inputs, opendental, registry, subscriptions
+from apievents.common import (
+    api_keys,
+    db,
+    inputs,
+    migrate_mysql,
+    opendental,
+    registry,
+    sources,
+    subscriptions,
+)
 from apievents.common.migrate import migrate as apply_migrations
 from apievents.common.settings import Settings
 from apievents.common.ssrf import EndpointPolicy
@@ -49,12 +58,34 @@ def migrate_cmd(args: argparse.Namespace, settings: Settings) -> int:
             "--opendental-schema: not with --sample-schema; they are alternatives for one database",
             EXIT_USAGE,
         )
+    if args.source is not None and not args.opendental_schema:
+        return fail("--source: only with --opendental-schema", EXIT_USAGE)
     with db.connect(settings.database_url) as conn:
-        applied = apply_migrations(
-            conn, sample_schema=args.sample_schema, opendental_schema=args.opendental_schema
-        )
+        if args.source is not None:
+            applied = apply_migrations(conn)
+            applied += migrate_mysql.migrate(conn, args.source, settings.source_timeout_seconds)
+        else:
+            applied = apply_migrations(
+                conn, sample_schema=args.sample_schema, opendental_schema=args.opendental_schema
+            )
     emit({"applied": applied})
     return 0
+
+
+def source_add(args: argparse.Namespace, settings: Settings) -> int:
+    sources.check_name(args.name)  # before connecting: nothing to do
+    sources.MySQLAddress.parse(args.url)
+    return _with_conn(
+        settings, lambda c: sources.add(c, args.name, args.url, args.customer_key).to_json()
+    )
+
+
+def source_list(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_conn(settings, lambda c: [s.to_json() for s in sources.list_all(c)])
+
+
+def source_remove(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_conn(settings, lambda c: sources.remove(c, args.name).to_json())
 
 
 def _pairs(flag: str, specs: list[str], what: str) -> list[tuple[str, str]]:
@@ -131,7 +162,9 @@ def sub_add(args: argparse.Namespace, settings: Settings) -> int:
     values = screened(args, settings, policy, creating=True)
     return _with_subs(
         settings,
-        lambda c: subscriptions.create(c, values, policy, settings.watermark_margin_seconds),
+        lambda c: subscriptions.create(
+            c, values, policy, settings.watermark_margin_seconds, source=args.source
+        ),
     )
 
 

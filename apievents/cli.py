@@ -11,9 +11,10 @@ import psycopg
 
 from apievents import admin
 from apievents.admin import EXIT_UNAVAILABLE, EXIT_USAGE, fail
-from apievents.common import db, logs, metrics, registry, subscriptions
+from apievents.common import db, logs, metrics, registry, sources, subscriptions
 from apievents.common.lifecycle import ConfigurationError, Lifecycle, Wired
 from apievents.common.migrate import MigrateError
+from apievents.common.migrate_mysql import MySQLMigrateError
 from apievents.common.settings import Settings, SettingsError, add_arguments, from_namespace
 from apievents.common.ssrf import EndpointPolicy
 
@@ -46,7 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
         return handler(args, settings)
-    except (subscriptions.InputError, registry.RegistryError, MigrateError) as e:
+    except (
+        subscriptions.InputError,
+        registry.RegistryError,
+        MigrateError,
+        sources.SourceError,
+        MySQLMigrateError,
+    ) as e:
         flag = getattr(e, "flag", "")
         return fail(f"{flag}: {e}" if flag else str(e), EXIT_USAGE)
     except subscriptions.NotFound as e:
@@ -93,6 +100,42 @@ def _parser() -> argparse.ArgumentParser:
         "(every column) and register the WatchTables Appointment, Patient and "
         "AppointmentDeleted in the opendental payload format.",
     )
+    p.add_argument(
+        "--source",
+        metavar="NAME",
+        help="With --opendental-schema: create Open Dental's tables (MySQL types) in this "
+        "MariaDB/MySQL source instead, and register NAME.Appointment, NAME.Patient and "
+        "NAME.AppointmentDeleted. apievents' own schema is migrated too.",
+    )
+
+    src = commands.add_parser(
+        "sources", help="Manage MariaDB/MySQL office databases to watch (JSON output)."
+    )
+    src_cmds = src.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _leaf(src_cmds, "add", "Register a MariaDB/MySQL source.", admin.source_add, "sources")
+    p.add_argument("--name", required=True, help="Source name: a letter, then letters, digits, _.")
+    p.add_argument(
+        "--url",
+        required=True,
+        help="mysql://user:password@host:3306/database. Its user needs SELECT on the watched "
+        "tables and PROCESS (see README). The password is never printed.",
+    )
+    p.add_argument(
+        "--customer-key",
+        action="append",
+        default=[],
+        help="A CustomerKey of this office; repeat. Its subscriptions (CLI or REST API) watch "
+        "this source's WatchTables by their plain names.",
+    )
+    _leaf(src_cmds, "list", "Print every source (passwords hidden).", admin.source_list, "sources")
+    p = _leaf(
+        src_cmds,
+        "remove",
+        "Forget a source that no WatchTable uses.",
+        admin.source_remove,
+        "sources",
+    )
+    p.add_argument("name", help="Source name.")
 
     wt = commands.add_parser("watch-tables", help="Manage the WatchTable registry.")
     wt_cmds = wt.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -164,6 +207,12 @@ def _parser() -> argparse.ArgumentParser:
         sub_cmds, "add", "Create a subscription and print it.", admin.sub_add, "subscriptions"
     )
     _subscription_flags(p)
+    p.add_argument(
+        "--source",
+        metavar="NAME",
+        help="Watch --watch-table in this MariaDB/MySQL source (default: the CustomerKey's "
+        "source, else apievents' own PostgreSQL).",
+    )
     _leaf(
         sub_cmds,
         "list",
@@ -268,6 +317,12 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="Stop by itself after this many seconds (default: until Ctrl-C).",
     )
+    p.add_argument(
+        "--mariadb-office",
+        metavar="URL",
+        help="Also demo an Open Dental-shaped MariaDB office: mysql://user:pass@host:3306 of a "
+        "server whose user may create the database apievents_demo_office (make run-office).",
+    )
 
     for name, text in [
         ("producer", "Run the producer: claim due subscriptions and publish jobs."),
@@ -331,7 +386,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from apievents.demo import Demo
 
-    return Demo(settings, args.dir, args.database_name, args.duration).run()
+    return Demo(settings, args.dir, args.database_name, args.duration, args.mariadb_office).run()
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

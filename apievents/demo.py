@@ -7,6 +7,7 @@ transport, with every service as a thread of one `apievents run --all-in-one` pr
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -24,10 +25,20 @@ import orjson
 import psycopg
 from psycopg import conninfo, sql
 
-from apievents.common import queries, registry, subscriptions
+from apievents.common import (
+    logs,
+    migrate_mysql,
+    mysql,
+    queries,
+    queries_pg,
+    registry,
+    sources,
+    subscriptions,
+)
 from apievents.common.broker import TRANSIENT_ERRORS
 from apievents.common.migrate import migrate
 from apievents.common.settings import Settings
+from apievents.common.sources import MySQLAddress
 from apievents.common.ssrf import EndpointPolicy
 
 # Private endpoints are refused by default. The demo's receiver is on loopback, so the demo opts
@@ -36,6 +47,7 @@ LOOPBACK = "127.0.0.0/8,::1/128"
 LOOPBACK_POLICY = EndpointPolicy(allowed=Settings(allowed_networks=LOOPBACK).networks())
 
 NOTE = "apievents demo"
+OFFICE, OFFICE_DATABASE = "office", "apievents_demo_office"  # make run-office
 FEEDS = [("Appointment", "/appointments"), ("Patient", "/patients")]
 
 
@@ -76,8 +88,16 @@ class Receiver:
 class Demo:
     """Sets everything up, prints status until Ctrl-C (or ``duration``), then tears down."""
 
-    def __init__(self, settings: Settings, folder: str, database: str, duration: float) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        folder: str,
+        database: str,
+        duration: float,
+        office_server: str | None = None,
+    ) -> None:
         self.settings = settings
+        self.office_server = office_server  # mysql://user:pass@host:port of a MariaDB server
         self.dir = Path(folder).resolve()
         self.database = database
         self.duration = duration
@@ -97,9 +117,12 @@ class Demo:
             with psycopg.connect(url, autocommit=True) as conn:
                 migrate(conn, sample_schema=True)
                 subs = self._subscriptions(conn, receiver)
+                office = self._office(conn, receiver, subs) if self.office_server else None
             self._start_services(url, broker)
             generator = threading.Thread(target=self._generate, args=(url,), daemon=True)
             generator.start()
+            if office is not None:
+                threading.Thread(target=self._generate_office, args=(office,), daemon=True).start()
             self._status(url, subs, receiver)
             generator.join(10)
         finally:
@@ -177,6 +200,48 @@ class Demo:
             )
             created.append((sub["SubscriptionNum"], table, path))
         return created
+
+    def _office(self, conn: psycopg.Connection[Any], receiver: Receiver, subs: list[Any]) -> str:
+        """An Open Dental-shaped MariaDB office next to the PostgreSQL one: its own database
+        (OFFICE_DATABASE) on the given server, registered as source ``office``."""
+        server = (self.office_server or "").rstrip("/")
+        url = f"{server}/{OFFICE_DATABASE}"
+        asyncio.run(
+            _office_statements(server, [f"CREATE DATABASE IF NOT EXISTS {OFFICE_DATABASE}"])
+        )
+        if OFFICE not in {s.name for s in sources.list_all(conn)}:
+            sources.add(conn, OFFICE, url)
+        migrate_mysql.migrate(conn, OFFICE, self.settings.source_timeout_seconds)
+        sub = subscriptions.create(
+            conn,
+            {
+                "endpoint_url": receiver.url("/office"),
+                "watch_table": "Appointment",
+                "polling_seconds": 1,
+                "note": NOTE,
+                "customer_key": "demo-office-key",
+            },
+            LOOPBACK_POLICY,
+            self.settings.watermark_margin_seconds,
+            source=OFFICE,
+        )
+        subs.append((sub["SubscriptionNum"], f"{OFFICE}.Appointment", "/office"))
+        print(f"demo: MariaDB office {OFFICE_DATABASE!r} as source {OFFICE!r}", flush=True)
+        return url
+
+    def _generate_office(self, url: str) -> None:
+        """The MariaDB office at work: appointments booked and moved."""
+        rng = random.Random()  # noqa: S311 - demo data
+        while not self.stop.wait(rng.uniform(0.1, 0.5)):
+            statement = (
+                "INSERT INTO appointment (PatNum, AptStatus, Note) VALUES (7, 1, 'booked')"
+                if rng.random() < 0.7
+                else "UPDATE appointment SET Note = 'moved' ORDER BY AptNum DESC LIMIT 1"
+            )
+            try:
+                asyncio.run(_office_statements(url, [statement]))
+            except Exception as e:  # a demo generator: say so, keep going
+                print(f"demo: office write failed: {logs.error_text(e)}", flush=True)
 
     def _start_services(self, database_url: str, broker_url: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("APIEVENTS_")} | {
@@ -262,6 +327,12 @@ class Demo:
                 parts = []
                 for num, table, path in subs:
                     sub = subscriptions.get(conn, num)
+                    if "." in table:  # a source's table: its lag is not in PostgreSQL
+                        parts.append(
+                            f"{table}: delivered {receiver.rows.get(path, 0)} "
+                            f"(failures {sub['ConsecutiveFailures']})"
+                        )
+                        continue
                     lag = _lag(conn, table, sub["DateTimeStart"])
                     parts.append(
                         f"{table}: delivered {receiver.rows.get(path, 0)} "
@@ -276,10 +347,21 @@ class Demo:
                     self.stop.set()
 
 
+async def _office_statements(url: str, statements: list[str]) -> None:
+    pool = mysql.Pool(
+        OFFICE, MySQLAddress.parse(url if url.count("/") > 2 else url + "/mysql"), 1, 10
+    )
+    try:
+        for statement in statements:
+            await pool.fetch(statement)
+    finally:
+        pool.close()
+
+
 def _lag(conn: psycopg.Connection[Any], table: str, start: str) -> float:
     wt = registry.get(conn, table)
     row = conn.execute(
-        queries.oldest_change_after(wt, inclusive=False), {"start": start}
+        queries_pg.oldest_change_after(wt, inclusive=False), {"start": start}
     ).fetchone()
     if row is None or row[0] is None:
         return 0.0

@@ -25,15 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 
+from apievents.common import queries, registry
 from apievents.common.migrate import migrate
 from bench import celery_peer
+from tests.support.mariadb import add_office, mariadb_database
 from tests.support.services import ADMIN_URL, BROKER_URL, admin, db_url, delete_topology
 
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BACKFILL_ROWS = int(os.environ.get("BENCH_BACKFILL_ROWS", "1000000"))
+MARIADB_ROWS = int(os.environ.get("BENCH_MARIADB_ROWS", "300000"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))
 CONCURRENCY = os.environ.get("BENCH_WORKER_CONCURRENCY", "32")
 # Only these forms (comma-separated, e.g. "ours" while profiling); every form by default.
@@ -221,14 +225,20 @@ class Bench:
 
     # -- scenarios ----------------------------------------------------------------------------
 
-    def backfill(self, form: str, run: Any, label: str = "1 backfill") -> None:
-        self.subscriptions({"/backfill": 1}, "'2000-01-01'")
+    def backfill(
+        self, form: str, run: Any, label: str = "1 backfill", rows: int | None = None
+    ) -> None:
+        if rows is None:
+            self.subscriptions({"/backfill": 1}, "'2000-01-01'")
+        else:
+            httpx.post(f"{self.receiver}/reset")
+        rows = rows or BACKFILL_ROWS
         started = time.time()
         with run as procs:
-            _wait(lambda: self.stats()["rows"] >= BACKFILL_ROWS, 900)
-            cpu, rss = self.measure(procs, BACKFILL_ROWS)
+            _wait(lambda: self.stats()["rows"] >= rows, 900)
+            cpu, rss = self.measure(procs, rows)
         st = self.stats()
-        rate = BACKFILL_ROWS / (st["last"] - st["first"])  # steady state: first to last row
+        rate = rows / (st["last"] - st["first"])  # steady state: first to last row
         note = f"{st['first'] - started:.1f}s from launch to first row; {self.cpu_split()}"
         self.rows.append(
             Row(label, form, f"{rate:,.0f} rows/s", None, None, cpu, rss, note, per_second=rate)
@@ -307,6 +317,8 @@ class Bench:
                 migrate(conn, sample_schema=True)
             _wait(lambda: _up(self.receiver), 30)
             self.backfills(which)
+            if "7" in which:
+                self.mariadb_backfill()
             self.lives(which)
             if "4" in which:
                 self.idle(OURS, self.ours(1))
@@ -317,6 +329,41 @@ class Bench:
             receiver.wait()
             admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
             delete_topology(self.prefix)
+
+    def mariadb_backfill(self) -> None:
+        """Scenario 7: MARIADB_ROWS old rows of a MariaDB source's Open Dental appointment
+        table to one subscription; ours against the raw MariaDB loop (bench/mariadb.py)."""
+        with mariadb_database() as url, psycopg.connect(self.url, autocommit=True) as conn:
+            office = add_office(conn, "bench", url)
+            with office.connect() as c:
+                c.cursor().execute(
+                    "INSERT INTO appointment (PatNum, Note) "
+                    f"SELECT seq % 1000, 'backfill row' FROM seq_1_to_{MARIADB_ROWS}"
+                )
+                c.cursor().execute("ANALYZE TABLE appointment")
+            wt = registry.get(conn, "bench.Appointment")
+            row = conn.execute(queries.REGISTRY_GET, (wt.name,)).fetchone()
+            conn.execute("DELETE FROM apievents.subscription")
+            conn.execute(
+                "INSERT INTO apievents.subscription (endpoint_url, watch_table, polling_seconds,"
+                " date_time_start, secret) VALUES (%s, %s, 1, '2000-01-01', %s)",
+                (f"{self.receiver}/backfill/1", wt.name, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            )
+            raw_argv = [PY, "-m", "bench.mariadb", url, orjson.dumps(list(row or ())).decode()]
+            raw_argv += [f"{self.receiver}/backfill/1", "900"]
+            for form, run in (
+                (OURS, lambda: self.ours(1)),
+                ("raw limit", lambda: _procs(Proc("raw", raw_argv, self.env()))),
+            ):
+                if wanted(form):
+                    self.backfill(form, run(), "7 MariaDB backfill", rows=MARIADB_ROWS)
+                    conn.execute(
+                        "UPDATE apievents.subscription SET date_time_start = '2000-01-01', "
+                        "cursor_key = NULL, next_attempt_at = now()"
+                    )
+            conn.execute("DELETE FROM apievents.subscription")
+            conn.execute("DELETE FROM apievents.watch_table WHERE source = 'bench'")
+            conn.execute("DELETE FROM apievents.source WHERE name = 'bench'")
 
     def backfills(self, which: set[str]) -> None:
         """Scenarios 1 and 5: BACKFILL_ROWS old rows to one subscription that starts in 2000."""
@@ -427,6 +474,15 @@ def _backfill_ratio(ours: Row, raw: Row) -> str:
     )
 
 
+@contextmanager
+def _procs(*procs: Proc) -> Iterator[list[Proc]]:
+    try:
+        yield list(procs)
+    finally:
+        for p in procs:
+            p.stop()
+
+
 def _wait(check: Callable[[], bool], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -450,7 +506,7 @@ def _free_port() -> int:
 
 
 if __name__ == "__main__":
-    which = set(sys.argv[1:]) or {"1", "2", "3", "4", "5", "6"}
+    which = set(sys.argv[1:]) or {"1", "2", "3", "4", "5", "6", "7"}
     bench = Bench()
     print(
         f"bench: scenarios {sorted(which)}, {BACKFILL_ROWS:,} backfill rows, {SECONDS:.0f}s "

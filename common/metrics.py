@@ -20,6 +20,18 @@ WATERMARK_HOLD = Gauge(
     "apievents_watermark_hold_seconds",
     "How far open transactions (and the safety margin) hold window ends behind the DB clock.",
 )
+# Sources (MariaDB/MySQL office databases): one series per source, none per subscription.
+SOURCE_UP = Gauge(
+    "apievents_source_up", "1 while the source answered its last read, else 0.", ["source"]
+)
+SOURCE_ERRORS = Counter(
+    "apievents_source_errors", "Reads of a source that failed or timed out.", ["source"]
+)
+SOURCE_WATERMARK_HOLD = Gauge(
+    "apievents_source_watermark_hold_seconds",
+    "How far open transactions (and the margin) hold a source's window ends behind its clock.",
+    ["source"],
+)
 DEAD_LETTERS = Gauge(
     "apievents_dead_letter_messages",
     "Messages in the dead-letter queue (it keeps the newest 10,000).",

@@ -1,18 +1,13 @@
 """Every SQL statement the service issues, in one place.
 
-Values are always parameters. Identifiers of watched tables come only from the WatchTable
-registry and are quoted with ``psycopg.sql.Identifier``.
+These are the statements on apievents' own state. What reads a watched table is composed
+from the WatchTable registry: common/queries_pg.py for PostgreSQL, common/queries_mysql.py for
+MariaDB/MySQL sources. Values are always parameters.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from psycopg import sql
-
-if TYPE_CHECKING:
-    from apievents.common.registry import Derived, WatchTable
 
 PING = "SELECT 1"
 
@@ -20,16 +15,32 @@ PING = "SELECT 1"
 
 REGISTRY_COLUMNS = (
     "name, table_schema, table_name, key_column, timestamp_column, fields, payload_format, "
-    "enums, derived, row_filter"
+    "enums, derived, row_filter, source"
 )
 REGISTRY_GET = f"SELECT {REGISTRY_COLUMNS} FROM apievents.watch_table WHERE name = %s"
 REGISTRY_LIST = f"SELECT {REGISTRY_COLUMNS} FROM apievents.watch_table ORDER BY name"
 REGISTRY_INSERT = """
 INSERT INTO apievents.watch_table
     (name, table_schema, table_name, key_column, timestamp_column, fields, payload_format,
-     enums, derived, row_filter)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+     enums, derived, row_filter, source)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
+# Sources and which CustomerKeys they serve. The URL (with its password) is read only by the
+# services that connect; listings show it redacted.
+SOURCE_INSERT = "INSERT INTO apievents.source (name, kind, url) VALUES (%s, %s, %s)"
+SOURCE_MAP_CUSTOMER = """
+INSERT INTO apievents.customer_source (customer_key, source) VALUES (%s, %s)
+"""
+SOURCE_LIST = """
+SELECT s.name, s.kind, s.url,
+       coalesce(array_agg(c.customer_key ORDER BY c.customer_key)
+                FILTER (WHERE c.customer_key IS NOT NULL), '{}'),
+       (SELECT count(*) FROM apievents.watch_table w WHERE w.source = s.name)
+FROM apievents.source s LEFT JOIN apievents.customer_source c ON c.source = s.name
+GROUP BY s.name ORDER BY s.name
+"""
+SOURCE_DELETE = "DELETE FROM apievents.source WHERE name = %s"
+SOURCE_OF_CUSTOMER = "SELECT source FROM apievents.customer_source WHERE customer_key = %s"
 REGISTRY_DELETE = "DELETE FROM apievents.watch_table WHERE name = %s"
 REGISTRY_IN_USE = "SELECT count(*) FROM apievents.subscription WHERE watch_table = %s"
 # What registration checks: the relation's kind, its columns, whether the key column alone has a
@@ -250,6 +261,12 @@ ADVANCE_FRONTIER = """
 INSERT INTO apievents.window_frontier AS f (source, window_end) VALUES ('', %s)
 ON CONFLICT (source) DO UPDATE SET window_end = greatest(f.window_end, excluded.window_end)
 """
+# The same frontier for a MariaDB/MySQL source, under the source's name.
+FRONTIER_OF = "SELECT window_end FROM apievents.window_frontier WHERE source = %s"
+ADVANCE_FRONTIER_OF = """
+INSERT INTO apievents.window_frontier AS f (source, window_end) VALUES (%s, %s)
+ON CONFLICT (source) DO UPDATE SET window_end = greatest(f.window_end, excluded.window_end)
+"""
 # Without pg_read_all_stats (or superuser), other roles' transactions show no xact_start; with
 # track_activities off, no session shows one. Either way the bound above would be blind.
 CAN_SEE_ALL_TRANSACTIONS = """
@@ -258,7 +275,8 @@ SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'),
 FROM pg_roles WHERE rolname = current_user
 """
 
-# Lock the subscriptions that are due and not held by a live claim. SKIP LOCKED lets several
+# Lock the subscriptions that are due and not held by a live claim, on one source's WatchTables
+# (each source's window end is read from its own server). SKIP LOCKED lets several
 # producer replicas share the work without waiting on each other.
 # A subscription stays due until its watermark reaches DateTimeStop: rows stamped before the
 # stop are still owed after the stop has passed.
@@ -269,6 +287,8 @@ _OWES = """
 _DUE = f"""
     status = 'active' AND next_attempt_at <= now() AND {_OWES}
     AND (claim_job IS NULL OR claim_expires_at <= now())
+    AND watch_table IN (SELECT name FROM apievents.watch_table
+                        WHERE coalesce(source, '') = %(source)s)
 """
 # One customer's windows in flight are capped when work is claimed, so its hanging endpoints
 # take at most that many of the workers' slots (subscriptions without a CustomerKey are the
@@ -320,7 +340,7 @@ def _next_poll(anchor: str) -> str:
 _IDLE_START = "greatest(date_time_start, least(%(end)s, coalesce(date_time_stop, 'infinity')))"
 RESCHEDULE_IDLE = f"""
 UPDATE apievents.subscription
-SET next_attempt_at = {_next_poll('now()')},
+SET next_attempt_at = {_next_poll("now()")},
     cursor_key = CASE WHEN {_IDLE_START} > date_time_start THEN NULL ELSE cursor_key END,
     date_time_start = {_IDLE_START}, {_RELEASE}
 WHERE subscription_num = ANY(%(nums)s)
@@ -345,14 +365,6 @@ WHERE claim_job = ANY(%s::uuid[])
 """
 
 
-def newest_change(wt: WatchTable) -> sql.Composed:
-    """The newest timestamp in a watched table: one index lookup, shared by its subscriptions."""
-    src = row_source(wt)
-    return sql.SQL("SELECT max({ts}) FROM {table} WHERE {where}").format(
-        ts=wt.ts_ident, table=src.table, where=src.where
-    )
-
-
 # Per WatchTable, the position of the furthest-behind active subscription (and whether it sits
 # inside a timestamp, so rows at that timestamp may still be due).
 LAGGING_POSITIONS = f"""
@@ -361,15 +373,6 @@ FROM apievents.subscription
 WHERE status = 'active' AND {_OWES}
 ORDER BY watch_table, date_time_start, cursor_key IS NOT NULL DESC
 """
-
-
-def oldest_change_after(wt: WatchTable, *, inclusive: bool) -> sql.Composed:
-    """The oldest change after a position: one index lookup. Parameter: start."""
-    op = sql.SQL(">=" if inclusive else ">")
-    src = row_source(wt)
-    return sql.SQL("SELECT min({ts}) FROM {table} WHERE {where} AND {ts} {op} %(start)s").format(
-        ts=wt.ts_ident, table=src.table, where=src.where, op=op
-    )
 
 
 # -- Worker -------------------------------------------------------------------------------------
@@ -430,86 +433,6 @@ SELECT * FROM unnest(%(nums)s::bigint[], %(starts)s::timestamptz[], %(ends)s::ti
 """
 
 
-@dataclass(frozen=True)
-class RowSource:
-    """A WatchTable's rows as SQL pieces, for any read of what it delivers.
-
-    - ``select``: the delivered values (the registry's fields in order, then its derived
-      fields), followed by the timestamp and the key. ``worker.rows.encode(wt, rows)`` takes
-      rows of exactly this shape; ``worker.rows.position`` reads the last two.
-    - ``table``: the quoted table, not aliased: derived fields refer to its columns through it,
-      so a read must name it as ``FROM {table}`` with no alias.
-    - ``where``: the registry's row filter (AppointmentDeleted: histappointment's Deleted rows),
-      or TRUE. AND it into every read of the table, including "is anything new?".
-
-    A page is ``SELECT {select} FROM {table} WHERE {where} AND <window> ORDER BY ts, key
-    LIMIT n`` (window_page); a read shared by several subscriptions of one WatchTable can use
-    the same pieces with a wider window and split the rows by timestamp.
-    """
-
-    select: sql.Composed
-    table: sql.Identifier
-    where: sql.Composable
-
-
-def row_source(wt: WatchTable) -> RowSource:
-    """The one place that composes what a WatchTable's page rows hold (see RowSource)."""
-    values: list[sql.Composable] = [sql.Identifier(c) for c, _ in wt.fields]
-    values += [_derived(wt, d) for d in wt.derived]
-    select = sql.SQL(", ").join([*values, wt.ts_ident, wt.key_ident])
-    # The filter's values are quoted literals, not parameters: every caller then runs the same
-    # parameters as before, and the planner can match a partial index on the filter
-    # (histappointment_deleted) when it plans the statement.
-    conditions = [
-        sql.SQL("{} = {}").format(sql.Identifier(c), sql.Literal(v)) for c, v in wt.row_filter
-    ]
-    where = sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("TRUE")
-    return RowSource(select, wt.table_ident, where)
-
-
-def _derived(wt: WatchTable, d: Derived) -> sql.Composed:
-    """A derived field: a name read from another table ("" if none), or an ARGB int as R,G,B."""
-    column = sql.Identifier(wt.table_schema, wt.table_name, d.column)
-    if d.lookup is None:
-        return sql.SQL("concat_ws(',', ({c} >> 16) & 255, ({c} >> 8) & 255, {c} & 255)").format(
-            c=column
-        )
-    schema, table, key, value = d.lookup
-    return sql.SQL(
-        "coalesce((SELECT {value}::text FROM {table} WHERE {key} = {column} LIMIT 1), '')"
-    ).format(
-        value=sql.Identifier(schema, table, value),
-        table=sql.Identifier(schema, table),
-        key=sql.Identifier(schema, table, key),
-        column=column,
-    )
-
-
-def window_page(wt: WatchTable, *, first: bool) -> sql.Composed:
-    """One keyset page of a window in (timestamp, key) order; never OFFSET.
-
-    The first page takes ``ts > start``; later pages continue after the last (ts, key) sent.
-    Parameters: start or (after_ts, after_key), end, limit. Rows have row_source's shape.
-    """
-    src = row_source(wt)
-    after = (
-        sql.SQL("{ts} > %(start)s")
-        if first
-        else sql.SQL("({ts}, {key}) > (%(after_ts)s, %(after_key)s)")
-    ).format(ts=wt.ts_ident, key=wt.key_ident)
-    return sql.SQL(
-        "SELECT {select} FROM {table} WHERE {where} AND {after} AND {ts} <= %(end)s "
-        "ORDER BY {ts}, {key} LIMIT %(limit)s"
-    ).format(
-        select=src.select,
-        table=src.table,
-        where=src.where,
-        after=after,
-        ts=wt.ts_ident,
-        key=wt.key_ident,
-    )
-
-
 # -- Committer ----------------------------------------------------------------------------------
 
 # Compare-and-set: only the claim's current holder moves the watermark, and only while no edit
@@ -523,7 +446,7 @@ subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
 COMMIT_SUCCESSES = f"""
 UPDATE apievents.subscription s
 SET date_time_start = o.window_end, cursor_key = NULL,
-    next_attempt_at = {_next_poll('s.claimed_at')},
+    next_attempt_at = {_next_poll("s.claimed_at")},
     consecutive_failures = 0, last_error = NULL, last_error_class = NULL,
     last_http_status = o.http_status,
     failing_since = NULL, last_success_at = now(), {_RELEASE}
@@ -567,7 +490,7 @@ SET date_time_start = CASE WHEN %(progress)s THEN %(position_ts)s ELSE date_time
         WHEN {_FAILING_TOO_LONG} THEN 'failing continuously since ' || failing_since::text
         ELSE status_reason END,
     next_attempt_at = CASE
-        WHEN %(progress)s THEN greatest({_next_poll('claimed_at')},
+        WHEN %(progress)s THEN greatest({_next_poll("claimed_at")},
                                         now() + %(retry_after)s * interval '1 second')
         ELSE now() + %(delay)s * interval '1 second' END,
     {_RELEASE}

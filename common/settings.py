@@ -40,11 +40,13 @@ SUBSCRIPTIONS_READ = (
 SUBSCRIPTIONS_WRITE = ("subscriptions add", "subscriptions update")
 API_KEYS = ("api-keys create", "api-keys revoke", "api-keys list")
 WATCH_TABLES = ("watch-tables add", "watch-tables list", "watch-tables remove")
+SOURCES = ("sources add", "sources list", "sources remove")
 SERVICES = ("producer", "worker", "committer")
 # Every leaf command of the CLI, by the words that name it.
 COMMANDS = (
     "migrate",
     *WATCH_TABLES,
+    *SOURCES,
     *SUBSCRIPTIONS_WRITE,
     *SUBSCRIPTIONS_READ,
     "api",
@@ -144,6 +146,17 @@ class Settings:
     worker_db_connections: int = _opt(
         8, "Worker: most database connections of one process.", used_by=("worker",)
     )
+    source_connections: int = _opt(
+        4,
+        "Producer and worker: most connections to each MariaDB/MySQL source, per process.",
+        used_by=("producer", "worker"),
+    )
+    source_timeout_seconds: float = _opt(
+        10.0,
+        "Producer and worker: seconds a MariaDB/MySQL source may take to connect or answer "
+        "one statement; a source that does not fails alone, and is tried again.",
+        used_by=("producer", "worker", "migrate"),
+    )
     http_timeout: float = _opt(
         30.0, "Worker: seconds to wait for an endpoint's answer.", used_by=("worker",)
     )
@@ -234,6 +247,8 @@ class Settings:
             ("worker_concurrency", self.worker_concurrency >= 1, "must be at least 1"),
             ("worker_batch", self.worker_batch >= 1, "must be at least 1"),
             ("worker_db_connections", self.worker_db_connections >= 2, "must be at least 2"),
+            ("source_connections", self.source_connections >= 1, "must be at least 1"),
+            ("source_timeout_seconds", self.source_timeout_seconds > 0, "must be positive"),
             ("claim_batch", self.claim_batch >= 1, "must be at least 1"),
             ("commit_batch", self.commit_batch >= 1, "must be at least 1"),
             *[(n, getattr(self, n) >= 0, "must be 0 (no cap) or more") for n in _CAPS],

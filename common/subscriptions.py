@@ -10,12 +10,13 @@ from typing import Any
 
 import psycopg
 
-from apievents.common import limits, queries, registry, watermark
+from apievents.common import limits, mysql, mysql_horizon, queries, registry, sources, watermark
 
 # The input rules live in inputs.py; InputError and FIELDS are known from here too.
 from apievents.common.inputs import DNS_TIMEOUT, TIMES, Screened, parse_time, screen
 from apievents.common.inputs import FIELDS as FIELDS
 from apievents.common.inputs import InputError as InputError
+from apievents.common.logs import error_text
 from apievents.common.ssrf import EndpointPolicy
 
 
@@ -30,8 +31,13 @@ def validate(
     partial: bool,
     policy: EndpointPolicy,
     dns_timeout: float = DNS_TIMEOUT,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Check and normalise input; every problem is an InputError naming its field.
+
+    A WatchTable is looked up in ``source`` (a source's WatchTables are ``source.Name``); by
+    default in the source of the CustomerKey (``sources add --customer-key``), else among
+    apievents' own PostgreSQL tables.
 
     ``values`` that ``screen`` already checked are not screened again: the API screens them,
     DNS included, before it takes a database connection.
@@ -41,7 +47,13 @@ def validate(
     out = dict(values)
     if "watch_table" in out:
         try:
-            out["watch_table"] = registry.get(conn, out["watch_table"]).name
+            if source is None:
+                source = sources.of_customer(conn, str(out.get("customer_key") or ""))
+            elif source:
+                sources.get(conn, source)
+            out["watch_table"] = registry.resolve(conn, out["watch_table"], source).name
+        except sources.SourceError as e:
+            raise InputError("source", str(e).removeprefix("--source: ")) from None
         except registry.RegistryError as e:
             raise InputError("watch_table", str(e)) from None
     for column in TIMES:
@@ -82,6 +94,8 @@ def create(
     *,
     max_per_customer: int = 0,
     dns_timeout: float = DNS_TIMEOUT,
+    source: str | None = None,
+    source_timeout: float = 10.0,
 ) -> dict[str, Any]:
     """Validate and insert; returns the JSON form, with the signing secret shown this once.
 
@@ -92,7 +106,9 @@ def create(
     ``max_per_customer`` (0: no cap) bounds the subscriptions of the CustomerKey; the API sets
     it, the operator's CLI does not.
     """
-    clean = validate(conn, values, partial=False, policy=policy, dns_timeout=dns_timeout)
+    clean = validate(
+        conn, values, partial=False, policy=policy, dns_timeout=dns_timeout, source=source
+    )
     clean.setdefault("secret", new_secret())
     defaults: dict[str, Any] = {
         "workstation": "",
@@ -105,14 +121,31 @@ def create(
         if max_per_customer:
             _within_cap(conn, str(params["customer_key"]), max_per_customer)
         if params["date_time_start"] is None:
-            start = watermark.read(conn, timedelta(seconds=margin)).end
+            start = _safe_start(conn, str(clean["watch_table"]), margin, source_timeout)
             stop = params["date_time_stop"]
             if stop is not None and stop <= start:
                 raise InputError("date_time_stop", "must be after DateTimeStart")
-            watermark.advance(conn, start)
             params["date_time_start"] = start
         row = conn.execute(queries.SUBSCRIPTION_INSERT, params).fetchone()
     return to_json(row) | {"Secret": clean["secret"]}
+
+
+def _safe_start(
+    conn: psycopg.Connection[Any], watch_table: str, margin: float, timeout: float
+) -> Any:
+    """The safe window end of the WatchTable's database now (and the frontier moves there)."""
+    wt = registry.get(conn, watch_table)
+    if wt.source:
+        try:
+            return mysql_horizon.safe_start(conn, wt.source, timedelta(seconds=margin), timeout)
+        except (mysql.SourceUnavailable, mysql.Error) as e:
+            raise InputError(
+                "date_time_start",
+                f"source {wt.source!r} cannot be read now ({error_text(e)}); give a start",
+            ) from None
+    start = watermark.read(conn, timedelta(seconds=margin)).end
+    watermark.advance(conn, start)
+    return start
 
 
 def _within_cap(conn: psycopg.Connection[Any], customer_key: str, cap: int) -> None:
@@ -152,12 +185,15 @@ def update(
     secret_overlap: float = 86400.0,
     *,
     dns_timeout: float = DNS_TIMEOUT,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Change only the named fields; drops any claim so the change takes effect at once.
 
     A new secret replaces the old one, which keeps signing for ``secret_overlap`` seconds.
     """
-    clean = validate(conn, values, partial=True, policy=policy, dns_timeout=dns_timeout)
+    clean = validate(
+        conn, values, partial=True, policy=policy, dns_timeout=dns_timeout, source=source
+    )
     if not clean:
         return get(conn, num)
     with conn.transaction():

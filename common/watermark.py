@@ -20,6 +20,7 @@ from apievents.common import queries
 
 TICK = timedelta(microseconds=1)  # timestamptz resolution
 NEVER = datetime.min.replace(tzinfo=UTC)  # no safe end at all: nothing may be issued
+UNKNOWN = object()  # a table's newest change could not be read: its windows are issued
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,45 @@ def safe_end(
     return end
 
 
+SECOND = timedelta(seconds=1)
+
+
+def whole_second(t: datetime) -> datetime:
+    """``t`` truncated to its second, as MySQL truncates a statement's start into DateTStamp."""
+    return t.replace(microsecond=0)
+
+
+def mysql_safe_end(
+    clock: datetime,
+    oldest_statement: datetime | None,
+    oldest_transaction: datetime | None,
+    margin: timedelta,
+    frontier: datetime | None = None,
+    hidden: int = 0,
+) -> datetime:
+    """The latest window end of a MariaDB/MySQL source that no write can still reach.
+
+    DateTStamp is the start of the statement that wrote the row, truncated to the second, so a
+    second stays writable while it is the current second, while a statement that started in
+    it runs, and while a transaction that started in it is open (its later statements stamp
+    later seconds, but its rows are invisible until it commits). The end is the second before
+    the oldest of those, and at most ``clock - margin``; it is always a whole second.
+
+    InnoDB starts a transaction when its first statement first touches a table, a moment after
+    that statement started (and took its stamp): the margin covers that moment too, as it
+    covers a PostgreSQL transaction that does not show in pg_stat_activity yet.
+    """
+    writable = whole_second(clock)
+    if oldest_statement is not None:  # its start is computed from TIME_MS: keep the margin
+        writable = min(writable, whole_second(oldest_statement - margin))
+    if oldest_transaction is not None:
+        writable = min(writable, whole_second(oldest_transaction - margin))
+    end = min(writable - SECOND, whole_second(clock - margin))
+    if hidden:
+        end = min(end, frontier or NEVER)
+    return end
+
+
 def read(conn: psycopg.Connection[Any], margin: timedelta) -> Horizon:
     """The horizon now. Call inside a transaction: the clock is read before the activity
     snapshot, which PostgreSQL then keeps for the rest of the transaction."""
@@ -65,9 +105,18 @@ def read(conn: psycopg.Connection[Any], margin: timedelta) -> Horizon:
     return Horizon(clock, safe_end(clock, oldest, margin, frontier, hidden), hidden)
 
 
-def advance(conn: psycopg.Connection[Any], end: datetime) -> None:
+def advance(conn: psycopg.Connection[Any], end: datetime, source: str = "") -> None:
     """Record that window ends up to ``end`` were issued (the frontier only moves forward)."""
-    conn.execute(queries.ADVANCE_FRONTIER, (end,))
+    if source:
+        conn.execute(queries.ADVANCE_FRONTIER_OF, (source, end))
+    else:
+        conn.execute(queries.ADVANCE_FRONTIER, (end,))
+
+
+def frontier(conn: psycopg.Connection[Any], source: str) -> datetime | None:
+    """The highest window end issued so far for a source (None before the first)."""
+    row = conn.execute(queries.FRONTIER_OF, (source,)).fetchone()
+    return row[0] if row else None
 
 
 def can_see_every_transaction(conn: psycopg.Connection[Any]) -> str | None:

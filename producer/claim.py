@@ -10,12 +10,13 @@ from typing import Any
 
 import psycopg
 
-from apievents.common import queries, registry, watermark
+from apievents.common import queries, queries_pg, registry, watermark
 from apievents.common.db import connection_lost
 from apievents.common.logs import error_text
 from apievents.common.messages import Job, new_id
 from apievents.common.watermark import Horizon
 from apievents.producer import window
+from apievents.producer.sources import Reading
 
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # WatchTables already reported as unusable, once per process
@@ -36,6 +37,7 @@ def claim_due(
     lease_seconds: float,
     margin: timedelta,
     per_customer: int = 0,
+    reading: Reading | None = None,
 ) -> Claimed:
     """Claim up to ``limit`` due subscriptions in one transaction.
 
@@ -44,16 +46,28 @@ def claim_due(
     its position gets no job: its DateTimeStart moves to the window end, and it is looked at
     again after PollingSeconds. No customer gets more than ``per_customer`` windows in flight
     (0: no cap).
+
+    Without a ``reading`` this claims the subscriptions on apievents' own PostgreSQL; with
+    one, those on that MariaDB/MySQL source, whose clock, writes in flight and newest changes
+    the reading holds (a table it did not read is issued, never skipped).
     """
+    source = reading.source if reading else ""
     with conn.transaction():
-        horizon = watermark.read(conn, margin)
+        if reading is None:
+            horizon = watermark.read(conn, margin)
+        else:
+            horizon = reading.horizon(margin, watermark.frontier(conn, source))
         end = horizon.end
-        params = {"limit": limit, "cap": per_customer}
+        params = {"limit": limit, "cap": per_customer, "source": source}
         due = conn.execute(queries.DUE_FOR_UPDATE, params).fetchall()
         if not due:
             return Claimed(0, [], horizon)
-        watermark.advance(conn, end)
-        newest = _newest_changes(conn, {row[1] for row in due})
+        watermark.advance(conn, end, source)
+        names = {row[1] for row in due}
+        if reading is None:
+            newest = _newest_changes(conn, names)
+        else:
+            newest = {name: reading.newest.get(name, window.UNKNOWN) for name in names}
         idle: list[int] = []
         jobs: list[Job] = []
         for num, watch_table, start, cursor_key, stop, failures in due:
@@ -90,7 +104,7 @@ def _newest_changes(conn: psycopg.Connection[Any], names: set[str]) -> dict[str,
             continue
         try:
             with conn.transaction():  # a savepoint: a dropped table must not abort the claim
-                row = conn.execute(queries.newest_change(wt)).fetchone()
+                row = conn.execute(queries_pg.newest_change(wt)).fetchone()
             newest[wt.name] = _aware(wt.name, row[0] if row else None)
         except psycopg.errors.Error as e:
             if connection_lost(e, conn):

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from apievents.common import queries, registry
+from apievents.common import queries, queries_pg, registry
 from apievents.common.db import connection_lost
 from apievents.common.logs import error_text
 
@@ -28,13 +28,13 @@ def largest_lag(conn: psycopg.Connection[Any], clock: datetime) -> float:
     }
     lag = 0.0
     for wt in registry.all_tables(conn):
-        if wt.name not in positions:
+        if wt.name not in positions or wt.source:  # a source's tables are not in PostgreSQL
             continue
         start, inside = positions[wt.name]
         try:
             with conn.transaction():  # savepoint: a dropped table is reported elsewhere
                 row = conn.execute(
-                    queries.oldest_change_after(wt, inclusive=inside), {"start": start}
+                    queries_pg.oldest_change_after(wt, inclusive=inside), {"start": start}
                 ).fetchone()
         except psycopg.Error as e:
             if connection_lost(e, conn):

@@ -19,19 +19,32 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from apievents.common import broker, db, metrics, queries, subscriptions, watermark
+from apievents.common import (
+    broker,
+    db,
+    metrics,
+    queries,
+    registry,
+    sources,
+    subscriptions,
+    watermark,
+)
 from apievents.common.broker import Session, Unconfirmed
 from apievents.common.lifecycle import ConfigurationError, Lifecycle, Wired, readiness
+from apievents.common.logs import error_text
 from apievents.common.messages import Job
+from apievents.common.mysql_horizon import BlindSource, Reading
 from apievents.common.settings import Settings
 from apievents.common.topology import JOBS
 from apievents.common.watermark import Horizon
 from apievents.producer.claim import Claimed, claim_due, release
 from apievents.producer.lag import largest_lag
+from apievents.producer.sources import Watcher
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL = 5.0  # seconds between lag measurements
 PRUNE_INTERVAL = 60.0  # seconds between attempt-log prunes
+SOURCES_INTERVAL = 5.0  # seconds between looks for added or removed sources and WatchTables
 
 
 class UnsafeRoleError(ConfigurationError):
@@ -53,6 +66,8 @@ class ProducerConfig:
     attempt_retention: float
     per_customer: int = 0
     confirm_timeout: float = 10.0
+    source_connections: int = 4
+    source_timeout: float = 10.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> ProducerConfig:
@@ -68,6 +83,8 @@ class ProducerConfig:
             s.watermark_warn_seconds,
             s.attempt_retention_seconds,
             s.max_windows_per_customer,
+            source_connections=s.source_connections,
+            source_timeout=s.source_timeout_seconds,
         )
 
 
@@ -83,6 +100,8 @@ class Producer:
         self._next_lag = 0.0
         self._next_prune = 0.0
         self._next_dead = 0.0
+        self._next_sources = 0.0
+        self.watchers: dict[str, Watcher] = {}
 
     def run(self) -> None:
         """Serve until stopped, reconnecting after broker or database trouble."""
@@ -92,13 +111,21 @@ class Producer:
         blind = await asyncio.to_thread(self._blind)
         if blind:
             raise UnsafeRoleError(blind)
+        await self._refresh_sources(first=True)
         c = self.config
         session = await broker.connect(c.broker_url, c.queue_prefix, c.broker_heartbeat)
         try:
             self.lifecycle.connected.set()
             while not self.lifecycle.stop.is_set():
+                if time.monotonic() >= self._next_sources:
+                    await self._refresh_sources()
                 claimed = await asyncio.to_thread(self.tick)
                 await self.publish(session, claimed.jobs)
+                for reading in self._readings():
+                    from_source = await asyncio.to_thread(self.tick_source, reading)
+                    await self.publish(session, from_source.jobs)
+                    if from_source.due >= c.claim_batch:
+                        claimed = from_source  # more are due now: do not idle
                 if time.monotonic() >= self._next_dead:
                     metrics.DEAD_LETTERS.set(await session.dead_letters())
                     self._next_dead = time.monotonic() + LAG_INTERVAL
@@ -106,6 +133,72 @@ class Producer:
                     await self._idle(session)
         finally:
             await session.close()
+            for watcher in self.watchers.values():
+                await watcher.stop()
+            self.watchers.clear()
+
+    async def _refresh_sources(self, first: bool = False) -> None:
+        """Start a watcher per source (and stop those of removed sources); give each the
+        WatchTables of its source. At start, a reachable source whose user cannot see every
+        transaction stops the producer, as a blind PostgreSQL role does; one that is down is
+        checked when it comes up, and never read if blind."""
+        found, tables = await asyncio.to_thread(self._sources_and_tables)
+        for name in set(self.watchers) - set(found):
+            await self.watchers.pop(name).stop()
+        c = self.config
+        fresh = []
+        for name, source in found.items():
+            watcher = self.watchers.get(name)
+            if watcher is None or watcher.source.url != source.url:
+                if watcher is not None:
+                    await watcher.stop()
+                watcher = Watcher(source, c.source_connections, c.source_timeout, c.tick_seconds)
+                self.watchers[name] = watcher
+                fresh.append(watcher)
+            watcher.tables = tables.get(name, [])
+        if first:  # every source at once: one that is down delays the start by one timeout
+            await asyncio.gather(*(self._check_at_start(w) for w in fresh))
+        for watcher in fresh:
+            watcher.start()
+        self._next_sources = time.monotonic() + SOURCES_INTERVAL
+
+    async def _check_at_start(self, watcher: Watcher) -> None:
+        try:
+            await watcher.read_once()
+        except BlindSource as e:
+            raise UnsafeRoleError(str(e)) from None
+        except Exception as e:  # down or slow: its own task keeps trying
+            log.warning(
+                "source_down", extra={"source": watcher.source.name, "error": error_text(e)}
+            )
+
+    def _sources_and_tables(self) -> tuple[dict[str, sources.Source], dict[str, list[Any]]]:
+        with self.pool.connection() as conn:
+            found = {s.name: s for s in sources.list_all(conn)}
+            tables: dict[str, list[Any]] = {}
+            for wt in registry.all_tables(conn):
+                if wt.source:
+                    tables.setdefault(wt.source, []).append(wt)
+        return found, tables
+
+    def _readings(self) -> list[Reading]:
+        """The newest reading of each source that has a new one; each is used once."""
+        taken = []
+        for watcher in self.watchers.values():
+            if watcher.reading is not None:
+                taken.append(watcher.reading)
+                watcher.reading = None
+        return taken
+
+    def tick_source(self, reading: Reading) -> Claimed:
+        """Claim what is due on one source, with its reading."""
+        c = self.config
+        with self.pool.connection() as conn:
+            claimed = claim_due(
+                conn, c.claim_batch, c.lease_seconds, self.margin, c.per_customer, reading
+            )
+        metrics.SOURCE_WATERMARK_HOLD.labels(reading.source).set(claimed.horizon.hold_seconds)
+        return claimed
 
     def _blind(self) -> str | None:
         with self.pool.connection() as conn:

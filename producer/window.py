@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-UNKNOWN = object()  # the newest change could not be read: issue the window, let it report
+from apievents.common.watermark import UNKNOWN as UNKNOWN  # issue the window, let it report
 
 
 def plan(

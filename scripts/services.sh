@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Start the local PostgreSQL and RabbitMQ if they are installed but stopped, then wait for both.
+# Start the local PostgreSQL, RabbitMQ and MariaDB if they are installed but stopped, then wait
+# for all three.
 # A service that cannot be started is an error: tests never skip a missing service.
 set -euo pipefail
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432; }
 rabbit_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+mariadb_up() { (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; }
 
 wait_until() {  # wait_until NAME SECONDS CHECK...
     local name=$1 seconds=$2; shift 2
@@ -26,4 +28,10 @@ fi
 wait_until RabbitMQ 90 rabbit_up
 # The port opens before the broker accepts logins; wait for full startup.
 rabbitmqctl -q await_startup --timeout 90 >/dev/null
-echo "services: PostgreSQL and RabbitMQ are up"
+
+if ! mariadb_up; then
+    echo "services: starting MariaDB"
+    service mariadb start >/dev/null
+fi
+wait_until MariaDB 60 mariadb_up
+echo "services: PostgreSQL, RabbitMQ and MariaDB are up"

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from apievents.common import metrics, queries
+from apievents.common import metrics, mysql, queries
 from apievents.common.broker import TRANSIENT_ERRORS
 from apievents.common.db import connection_lost
 from apievents.common.logs import error_text
@@ -28,6 +28,7 @@ from apievents.common.messages import Checkpoint, Outcome
 from apievents.worker import reads, rows
 from apievents.worker.reads import FirstPage, Row
 from apievents.worker.sender import Answer, Sender
+from apievents.worker.source_reads import SourceReads
 from apievents.worker.takeover import Target
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Context:
     posts: asyncio.Semaphore
     deadline: float  # of one POST, connect to last byte
     interrupted: set[str] = field(default_factory=set)  # jobs cancelled mid-POST
+    sources: SourceReads | None = None  # pools of the MariaDB/MySQL sources
 
 
 class _LostClaim(Exception):
@@ -76,6 +78,9 @@ async def deliver(ctx: Context, target: Target, first: FirstPage | None) -> Outc
         if connection_lost(e):
             return await _requeue(target, e)
         # A dropped table, a permission, a statement timeout: the subscription backs off.
+        return window.outcome(Answer(False, None, "database", error_text(e)))
+    except (mysql.SourceUnavailable, mysql.Error) as e:
+        # The source is down, slow or refuses the read: this subscription backs off alone.
         return window.outcome(Answer(False, None, "database", error_text(e)))
     except TRANSIENT_ERRORS as e:
         return await _requeue(target, e)
@@ -131,6 +136,11 @@ class _Window:
         return (self.t.start, self.t.cursor_key) if self.t.cursor_key is not None else None
 
     async def _read(self, after: tuple[Any, Any] | None) -> list[Row]:
+        if self.wt.source:
+            assert self.ctx.sources is not None
+            return await self.ctx.sources.page(
+                self.wt, self.t.start, self.t.job.window_end, after, self.ctx.batch_size
+            )
         return await reads.page(
             self.ctx.pool, self.wt, self.t.start, self.t.job.window_end, after, self.ctx.batch_size
         )

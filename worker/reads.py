@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from apievents.common import queries
+from apievents.common import queries_pg
 from apievents.common.messages import Job
 from apievents.common.registry import WatchTable
 from apievents.worker import rows
@@ -36,7 +36,7 @@ class SharedRead:
     jobs: tuple[Job, ...]
 
     def params(self, limit: int) -> dict[str, Any]:
-        """Parameters of queries.window_page(first=True)."""
+        """Parameters of queries_pg.window_page(first=True)."""
         return {"start": self.start, "end": self.end, "limit": limit}
 
 
@@ -51,12 +51,14 @@ class FirstPage:
 def shared_reads(jobs: Sequence[Job], tables: dict[str, WatchTable]) -> list[SharedRead]:
     """The reads that cover the jobs' windows as issued, one per run of overlapping windows.
 
-    Jobs that resume inside a timestamp (after_key) are left out: they read their own pages.
+    Jobs that resume inside a timestamp (after_key) are left out: they read their own pages;
+    so are windows of a MariaDB/MySQL source (worker/source_reads.py), read on its own pool.
     """
     by_table: dict[str, list[Job]] = {}
     for job in jobs:
-        if job.after_key is None and job.watch_table in tables:
-            by_table.setdefault(job.watch_table, []).append(job)
+        wt = tables.get(job.watch_table or "")
+        if job.after_key is None and wt is not None and not wt.source:
+            by_table.setdefault(wt.name, []).append(job)
     reads = []
     for name, group in by_table.items():
         group.sort(key=lambda j: j.window_start)
@@ -113,11 +115,11 @@ _COMPOSED: dict[tuple[WatchTable, bool], bytes] = {}
 
 
 def _page_sql(wt: WatchTable, *, first: bool, conn: psycopg.AsyncConnection[Any]) -> bytes:
-    """queries.window_page as bytes, composed once per WatchTable (it costs ~0.1 ms a read)."""
+    """queries_pg.window_page as bytes, composed once per WatchTable (it costs ~0.1 ms a read)."""
     key = (wt, first)
     found = _COMPOSED.get(key)
     if found is None:
-        found = _COMPOSED[key] = queries.window_page(wt, first=first).as_bytes(conn)
+        found = _COMPOSED[key] = queries_pg.window_page(wt, first=first).as_bytes(conn)
     return found
 
 

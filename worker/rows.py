@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from apievents.common import queries
+from apievents.common import queries_pg
 from apievents.common.registry import WatchTable
 from apievents.worker import payload
 
@@ -34,7 +34,7 @@ def page_cursor(
     params: dict[str, Any] = {"start": start, "end": end, "limit": limit}
     if after is not None:
         params["after_ts"], params["after_key"] = after
-    return conn.execute(queries.window_page(wt, first=after is None), params)
+    return conn.execute(queries_pg.window_page(wt, first=after is None), params)
 
 
 def position(row: Sequence[Any]) -> tuple[Any, Any]:
@@ -45,7 +45,7 @@ def position(row: Sequence[Any]) -> tuple[Any, Any]:
 def encode(wt: WatchTable, rows: Sequence[Sequence[Any]]) -> bytes:
     """A JSON array of row objects in the WatchTable's payload format (paging columns dropped).
 
-    ``rows`` have the shape of ``queries.row_source(wt).select``. The ``iso`` format sends
+    ``rows`` have the shape of ``queries_pg.row_source(wt).select``. The ``iso`` format sends
     values as orjson renders them (ISO 8601 times); ``opendental`` as Open Dental does
     (worker/payload.py).
     """

@@ -49,7 +49,7 @@ class Target:
             "Content-Type": "application/json",
             "Authorization": self.customer_key,
             "Workstation": self.workstation or default_workstation,
-            "Event-Type": f"WatchTable: {self.watch_table.name}",
+            "Event-Type": f"WatchTable: {self.watch_table.event_name}",
         } | signing.headers(self.job.subscription, body, self.secrets, int(time.time()))
 
     @property

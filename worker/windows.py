@@ -24,6 +24,7 @@ from apievents.worker import reads, takeover
 from apievents.worker.delivery import Context, Disposition, deliver
 from apievents.worker.reads import FirstPage
 from apievents.worker.sender import Sender
+from apievents.worker.source_reads import SourceReads
 from apievents.worker.takeover import Target
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,9 @@ class DatabaseWindows:
             report,
             asyncio.Semaphore(settings.worker_concurrency),
             settings.http_timeout + settings.http_connect_timeout,
+            sources=SourceReads(
+                self.pool, settings.source_connections, settings.source_timeout_seconds
+            ),
         )
         self._targets: dict[str, Target] = {}
         self._tables: tuple[float, dict[str, WatchTable]] = (0.0, {})
@@ -186,4 +190,6 @@ class DatabaseWindows:
     async def close(self) -> None:
         """Close the HTTP client and the pool."""
         await self.ctx.sender.close()
+        if self.ctx.sources is not None:
+            self.ctx.sources.close()
         await self.pool.close()

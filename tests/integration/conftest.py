@@ -28,10 +28,15 @@ def pipeline(database_url: str, prefix: str) -> Iterator[Pipeline]:
 
 
 def subscribe(
-    conn: psycopg.Connection[Any], url: str, watch_table: str = "Appointment", **extra: Any
+    conn: psycopg.Connection[Any],
+    url: str,
+    watch_table: str = "Appointment",
+    source: str | None = None,
+    **extra: Any,
 ) -> int:
     values = {"endpoint_url": url, "watch_table": watch_table, "polling_seconds": 1} | extra
-    return int(subscriptions.create(conn, values, LOOPBACK_POLICY)["SubscriptionNum"])
+    created = subscriptions.create(conn, values, LOOPBACK_POLICY, source=source)
+    return int(created["SubscriptionNum"])
 
 
 def insert_appointments(

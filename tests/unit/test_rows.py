@@ -8,7 +8,7 @@ import orjson
 import pytest
 from psycopg import sql
 
-from apievents.common import queries
+from apievents.common import queries_pg
 from apievents.common.registry import Derived, WatchTable
 from apievents.worker.rows import RowEncodingError, encode, position
 
@@ -56,14 +56,14 @@ def test_values_without_json_form_are_an_encoding_error() -> None:
 
 def test_page_sql_quotes_registry_identifiers_and_uses_keyset() -> None:
     evil = WatchTable("Evil", "public", 'x"; DROP TABLE patient; --', "k", "ts", (("k", "K"),))
-    text = queries.window_page(evil, first=False).as_string(None)
+    text = queries_pg.window_page(evil, first=False).as_string(None)
     assert '"x""; DROP TABLE patient; --"' in text
     assert '("ts", "k") > (%(after_ts)s, %(after_key)s)' in text
     assert "OFFSET" not in text.upper()
-    first = queries.window_page(WT, first=True).as_string(None)
+    first = queries_pg.window_page(WT, first=True).as_string(None)
     assert '"datetstamp" > %(start)s AND "datetstamp" <= %(end)s' in first
     assert 'ORDER BY "datetstamp", "aptnum" LIMIT %(limit)s' in first
-    assert isinstance(queries.newest_change(WT), sql.Composed)
+    assert isinstance(queries_pg.newest_change(WT), sql.Composed)
 
 
 OD = WatchTable(
@@ -132,17 +132,17 @@ def test_row_source_adds_derived_fields_and_the_row_filter() -> None:
         "opendental",
         row_filter=(("histapptaction", 4),),
     )
-    page = queries.window_page(deleted, first=True).as_string(None)
+    page = queries_pg.window_page(deleted, first=True).as_string(None)
     assert 'WHERE "histapptaction" = 4 AND "datetstamp" > %(start)s' in page
-    assert queries.newest_change(deleted).as_string(None).endswith('WHERE "histapptaction" = 4')
-    select = queries.row_source(OD).select.as_string(None)
+    assert queries_pg.newest_change(deleted).as_string(None).endswith('WHERE "histapptaction" = 4')
+    select = queries_pg.row_source(OD).select.as_string(None)
     assert select.endswith('"datetstamp", "aptnum"')  # the paging columns come last
     assert (
         'coalesce((SELECT "public"."definition"."x"::text FROM "public"."definition" '
         'WHERE "public"."definition"."defnum" = "public"."appointment"."confirmed" LIMIT 1), \'\')'
     ) in select
     assert '("public"."appointment"."coloroverride" >> 16) & 255' in select
-    assert queries.row_source(WT).where.as_string(None) == "TRUE"
+    assert queries_pg.row_source(WT).where.as_string(None) == "TRUE"
 
 
 def test_a_null_in_the_first_row_does_not_hide_a_column_that_needs_rendering() -> None:

@@ -1,0 +1,151 @@
+"""The safe window end of a MariaDB/MySQL source, read from that server only.
+
+A reading holds the server's clock, the oldest statement still running, the oldest open
+InnoDB transaction and the prepared XA transactions (read in that order), then the newest
+change of each of the source's WatchTables. common/watermark.mysql_safe_end turns it into the
+window end. The producer reads every source this way (producer/sources.py); so does a new
+subscription's default DateTimeStart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from apievents.common import mysql, queries_mysql, sources, watermark
+from apievents.common.logs import error_text
+from apievents.common.watchtable import WatchTable
+from apievents.common.watermark import Horizon
+
+log = logging.getLogger(__name__)
+
+
+class BlindSource(Exception):
+    """The source's user lacks PROCESS: other sessions' writes are invisible to it."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One source's clock and writes in flight, then its tables' newest changes."""
+
+    source: str
+    clock: datetime
+    oldest_statement: datetime | None
+    oldest_transaction: datetime | None
+    xa_prepared: int
+    newest: dict[str, Any] = field(default_factory=dict)  # WatchTable name -> stamp
+
+    def horizon(self, margin: timedelta, frontier: datetime | None) -> Horizon:
+        """The clock and the safe window end (common/watermark.mysql_safe_end)."""
+        end = watermark.mysql_safe_end(
+            self.clock,
+            self.oldest_statement,
+            self.oldest_transaction,
+            margin,
+            frontier,
+            self.xa_prepared,
+        )
+        return Horizon(self.clock, end, self.xa_prepared)
+
+
+def utc(t: datetime | None) -> datetime | None:
+    """A time read in the session's UTC zone, made aware."""
+    return None if t is None else t.replace(tzinfo=UTC)
+
+
+async def check_privileges(pool: mysql.Pool) -> None:
+    """BlindSource unless the source's user may see every session's transactions."""
+    rows = await pool.fetch(queries_mysql.HAS_PROCESS)
+    if not rows or not rows[0][0]:
+        raise BlindSource(
+            f"source {pool.name!r}: its user needs the PROCESS privilege, or other sessions' "
+            "open transactions are invisible and changes could be skipped; "
+            "GRANT PROCESS ON *.* TO the user"
+        )
+
+
+STALE_RETRIES = 8
+CACHE_IDLE = 0.11  # seconds without readers after which InnoDB refreshes INNODB_TRX
+
+
+class StaleTransactions(mysql.SourceUnavailable):
+    """INNODB_TRX kept showing an old copy: other readers query it more than every 0.1 s."""
+
+
+async def read(pool: mysql.Pool, tables: list[WatchTable]) -> Reading:
+    """The writes in flight first, then each table's newest change: every row at or below the
+    reading's end was committed before the newest changes were read."""
+    async with pool.session() as run:
+        ((clock, oldest_statement),) = await run(queries_mysql.STATEMENTS_IN_FLIGHT)
+        oldest_transaction = await _transactions(run)
+        xa = await run(queries_mysql.XA_PREPARED)
+    newest: dict[str, Any] = {}
+    for wt in tables:
+        query, args = queries_mysql.newest_change(wt)
+        try:
+            rows = await pool.fetch(query, args)
+            newest[wt.name] = utc(rows[0][0]) if rows else None
+        except mysql.Error as e:  # a dropped table: its windows are issued and report it
+            log.warning(
+                "watch_table_unreadable", extra={"watch_table": wt.name, "error": error_text(e)}
+            )
+            newest[wt.name] = watermark.UNKNOWN
+    return Reading(
+        pool.name,
+        clock.replace(tzinfo=UTC),
+        utc(oldest_statement),
+        oldest_transaction,
+        len(xa),
+        newest,
+    )
+
+
+async def _transactions(run: Any) -> datetime | None:
+    """The oldest open transaction's start, from a copy of INNODB_TRX taken after this call
+    began (see queries_mysql.TRANSACTIONS_IN_FLIGHT); StaleTransactions if none came."""
+    for attempt in range(STALE_RETRIES):
+        if attempt:  # jittered, so two readers that collided do not collide again
+            await asyncio.sleep(CACHE_IDLE + random.uniform(0, CACHE_IDLE))  # noqa: S311
+        await run(queries_mysql.OPEN_CANARY)
+        try:
+            ((oldest, fresh),) = await run(
+                queries_mysql.TRANSACTIONS_IN_FLIGHT, (f"%{uuid.uuid4().hex}%",)
+            )
+        finally:
+            await run(queries_mysql.CLOSE_CANARY)
+        if fresh:
+            return utc(oldest)
+    raise StaleTransactions("INNODB_TRX showed no fresh copy; something reads it constantly")
+
+
+def safe_start(
+    conn: psycopg.Connection[Any], source_name: str, margin: timedelta, timeout: float
+) -> datetime:
+    """A new subscription's default DateTimeStart on a source: its safe window end now (a
+    transaction open at creation may still commit rows stamped before now)."""
+    source = sources.get(conn, source_name)
+
+    async def horizon() -> Reading:
+        pool = mysql.Pool(source.name, source.address, 1, timeout)
+        try:
+            return await read(pool, [])
+        finally:
+            pool.close()
+
+    frontier = watermark.frontier(conn, source_name)
+    try:
+        reading = asyncio.run(horizon())
+    except StaleTransactions:
+        if frontier is None:
+            raise
+        return frontier  # the producer's last safe end: every later change is still owed
+    end = reading.horizon(margin, frontier).end
+    watermark.advance(conn, end, source_name)
+    return end

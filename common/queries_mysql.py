@@ -1,0 +1,115 @@
+"""The statements apievents sends to a MariaDB/MySQL source, in one place.
+
+Values are always parameters (``%s``, escaped by the driver). Identifiers of watched tables
+come only from the WatchTable registry and are quoted by ``quote``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from apievents.common.watchtable import WatchTable
+
+# Every session reads and compares times in UTC: DateTStamp is a MySQL timestamp (stored as
+# UTC, shown in the session's zone), and so are NOW() and innodb_trx.trx_started.
+SESSION = "SET time_zone = '+00:00'"
+PING = "SELECT 1"
+
+# The safe window end (common/mysql_horizon.py) reads, in this order: the server clock with
+# the statements running now, then the open InnoDB transactions. A statement stamps its rows
+# with its own start time (NOW() at its start, whole seconds in DateTStamp), so the oldest
+# running statement bounds what can still be written; a transaction that is between
+# statements holds rows stamped at or after its trx_started. Reading the statements first
+# means a transaction's statement that ends between the two reads is still seen in innodb_trx.
+# Sleeping sessions run nothing (their open transactions are in innodb_trx); daemons write no
+# rows of ours.
+STATEMENTS_IN_FLIGHT = """
+SELECT NOW(6),
+       MIN(NOW(6) - INTERVAL CAST(TIME_MS * 1000 AS SIGNED) MICROSECOND)
+FROM information_schema.PROCESSLIST
+WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump')
+"""
+# INNODB_TRX is a cache that InnoDB refreshes only when nobody read it for 0.1 s, so frequent
+# readers (this one included) can see an old copy. The reading session therefore opens a
+# transaction of its own first and asks for it back with a token in the statement's text: a
+# copy that shows this very statement was taken after it started, and so after the statements
+# above were read. Parameter: LIKE pattern of the token.
+OPEN_CANARY = "START TRANSACTION WITH CONSISTENT SNAPSHOT"
+TRANSACTIONS_IN_FLIGHT = """
+SELECT MIN(CASE WHEN trx_mysql_thread_id <> CONNECTION_ID() THEN trx_started END),
+       COALESCE(MAX(trx_mysql_thread_id = CONNECTION_ID() AND trx_query LIKE %s), 0)
+FROM information_schema.INNODB_TRX
+"""
+CLOSE_CANARY = "COMMIT"
+# Prepared XA transactions: they show in innodb_trx while the server runs, but one recovered
+# after a restart may carry rows stamped long before its trx_started. While any is listed the
+# end stays at the frontier, as for PostgreSQL's prepared transactions.
+XA_PREPARED = "XA RECOVER"
+# Without PROCESS a session sees only its own threads and transactions: blind.
+HAS_PROCESS = """
+SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES
+WHERE PRIVILEGE_TYPE = 'PROCESS'
+"""
+
+_IDENT = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
+
+
+def quote(name: str) -> str:
+    """A MySQL identifier in backticks. Only registry-validated names reach it; anything else
+    (a backtick, a quote, a dot, a space, an empty name) is refused, never escaped."""
+    if not _IDENT.match(name):
+        raise ValueError(f"not a plain MySQL identifier: {name!r}")
+    return f"`{name}`"
+
+
+def _table(wt: WatchTable) -> str:
+    return f"{quote(wt.table_schema)}.{quote(wt.table_name)}"
+
+
+def _where(wt: WatchTable) -> tuple[str, list[object]]:
+    """The registry's row filter (AppointmentDeleted: Deleted rows of histappointment)."""
+    if not wt.row_filter:
+        return "TRUE", []
+    return " AND ".join(f"{quote(c)} = %s" for c, _ in wt.row_filter), [v for _, v in wt.row_filter]
+
+
+def select_list(wt: WatchTable) -> str:
+    """The delivered values (fields, then derived fields), then the timestamp and the key:
+    the same row shape as queries_pg.row_source, so worker/rows.py encodes either."""
+    values = [quote(c) for c, _ in wt.fields]
+    for d in wt.derived:  # only colors: a source's lookups are not registered (see migrate)
+        c = quote(d.column)
+        values.append(f"CONCAT_WS(',', ({c} >> 16) & 255, ({c} >> 8) & 255, {c} & 255)")
+    return ", ".join([*values, quote(wt.timestamp_column), quote(wt.key_column)])
+
+
+def newest_change(wt: WatchTable) -> tuple[str, list[object]]:
+    """The newest timestamp of a watched table: one index lookup."""
+    where, args = _where(wt)
+    return f"SELECT MAX({quote(wt.timestamp_column)}) FROM {_table(wt)} WHERE {where}", args
+
+
+def window_page(wt: WatchTable, *, first: bool) -> tuple[str, list[object]]:
+    """One keyset page in (timestamp, key) order; never OFFSET. Parameters after the filter's:
+    start (first page) or after_ts, after_ts, after_key (later pages); then end, limit.
+
+    The keyset condition is spelled out: MariaDB does not use the (DateTStamp) index for the
+    row comparison ``(ts, key) > (a, b)``, but does for ``ts > a OR (ts = a AND key > b)``.
+    """
+    where, args = _where(wt)
+    ts, key = quote(wt.timestamp_column), quote(wt.key_column)
+    after = f"{ts} > %s" if first else f"({ts} > %s OR ({ts} = %s AND {key} > %s))"
+    text = (
+        f"SELECT {select_list(wt)} FROM {_table(wt)} WHERE {where} AND {after} "
+        f"AND {ts} <= %s ORDER BY {ts}, {key} LIMIT %s"
+    )
+    return text, args
+
+
+# Registration checks (the table exists, its key is the primary key, its stamp is a
+# timestamp that the server sets on insert and update).
+TABLE_COLUMNS = """
+SELECT COLUMN_NAME, DATA_TYPE, COLUMN_DEFAULT, EXTRA, COLUMN_KEY
+FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s
+ORDER BY ORDINAL_POSITION
+"""

@@ -1,0 +1,80 @@
+"""An office's REST client (ODFHIR DK/CK) subscribes to its own office's MariaDB source."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from apievents.api.app import create_app
+from apievents.common import api_keys, db, sources, subscriptions
+from apievents.common.settings import Settings
+from apievents.common.ssrf import EndpointPolicy
+from tests.support.mariadb import add_office, mariadb_database
+
+V1 = "/api/v1/subscriptions"
+BODY = {
+    "EndPointUrl": "http://192.168.1.14:2097/",
+    "WatchTable": "Appointment",
+    "PollingSeconds": 5,
+}
+
+
+@pytest.fixture
+def client(database_url: str) -> Iterator[TestClient]:
+    pool = db.pool(Settings(database_url=database_url).database_url, 4, "api-test")
+    try:
+        with TestClient(create_app(pool, EndpointPolicy(deny_private=False), 3600)) as c:
+            yield c
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def office(conn: psycopg.Connection[Any]) -> Iterator[str]:
+    with mariadb_database() as url:
+        add_office(conn, "north", url)
+        yield url
+
+
+def pair(conn: psycopg.Connection[Any], ck: str) -> dict[str, str]:
+    api_keys.create_pair(conn, ck, "DEVKEY0000000001")
+    return {"Authorization": f"ODFHIR DEVKEY0000000001/{ck}"}
+
+
+def test_a_customer_key_of_a_source_subscribes_to_that_office(
+    conn: psycopg.Connection[Any], client: TestClient, office: str
+) -> None:
+    conn.execute(
+        "INSERT INTO apievents.customer_source (customer_key, source) VALUES ('OFFICE1', 'north')"
+    )
+    auth = pair(conn, "OFFICE1")
+    answer = client.post(V1, json=BODY, headers=auth)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["WatchTable"] == "Appointment"  # the name its office knows
+    stored = subscriptions.get(conn, answer.json()["SubscriptionNum"])
+    assert stored["WatchTable"] == "north.Appointment"
+    num = answer.json()["SubscriptionNum"]
+    moved = client.put(f"{V1}/{num}", json={"WatchTable": "Patient"}, headers=auth)
+    assert moved.status_code == 200, moved.text
+    assert subscriptions.get(conn, num)["WatchTable"] == "north.Patient"
+    tables = client.get("/api/v1/watchtables", headers=auth).json()
+    assert sorted(t["WatchTable"] for t in tables) == [
+        "Appointment",
+        "AppointmentDeleted",
+        "Patient",
+    ]
+    assert all(t["Table"].endswith(("appointment", "patient", "histappointment")) for t in tables)
+
+
+def test_a_customer_without_a_source_stays_on_postgresql(
+    conn: psycopg.Connection[Any], client: TestClient, office: str
+) -> None:
+    answer = client.post(V1, json=BODY, headers=pair(conn, "OTHER1"))
+    assert answer.status_code == 201, answer.text
+    stored = subscriptions.get(conn, answer.json()["SubscriptionNum"])
+    assert stored["WatchTable"] == "Appointment"
+    assert sources.of_customer(conn, "OTHER1") == ""

@@ -1,0 +1,149 @@
+"""A MariaDB office source: every change delivered, in order, whatever the window edges."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client import REGISTRY
+
+from apievents.common import metrics
+from tests.integration.conftest import subscribe
+from tests.support import stays, wait_for
+from tests.support.mariadb import Office, add_office, mariadb_database
+from tests.support.receiver import Receiver
+from tests.support.services import Pipeline
+
+
+@pytest.fixture
+def office(conn: psycopg.Connection[Any]) -> Iterator[Office]:
+    with mariadb_database() as url:
+        yield add_office(conn, "office", url)
+
+
+def hold(source: str = "office") -> float:
+    value = REGISTRY.get_sample_value("apievents_source_watermark_hold_seconds", {"source": source})
+    return value or 0.0
+
+
+def keys(receiver: Receiver, path: str = "/hook") -> list[int]:
+    return [r["AptNum"] for r in receiver.delivered(path)]
+
+
+@pytest.mark.parametrize("n", [999, 1000, 1001, 2500])
+def test_every_row_arrives_once_in_order_in_batches_of_at_most_1000(
+    n: int,
+    conn: psycopg.Connection[Any],
+    office: Office,
+    pipeline: Pipeline,
+    receiver: Receiver,
+) -> None:
+    subscribe(conn, receiver.url(), "Appointment", source="office")
+    pipeline.start_all()
+    inserted = office.insert_appointments(n)
+    try:
+        wait_for(lambda: len(receiver.delivered()) >= n, 20, f"{n} rows")
+    except AssertionError:
+        from apievents.common import subscriptions
+
+        print("DBG", subscriptions.list_all(conn), len(receiver.delivered()))
+        raise
+    assert keys(receiver) == inserted
+    sizes = [len(b.rows) for b in receiver.batches()]
+    assert max(sizes) <= 1000 and sum(sizes) == n
+    first = receiver.delivered()[0]
+    assert first["AptStatus"] == "Scheduled" and first["TimeLocked"] == "false"
+    assert len(first["DateTStamp"]) == 19  # Open Dental's yyyy-MM-dd HH:mm:ss
+
+
+def test_3000_rows_stamped_within_one_second(
+    conn: psycopg.Connection[Any], office: Office, pipeline: Pipeline, receiver: Receiver
+) -> None:
+    subscribe(conn, receiver.url(), "Appointment", source="office")
+    pipeline.start_all()
+    inserted = office.insert_appointments(3000)
+    wait_for(lambda: len(receiver.delivered()) >= 3000, 60, "3000 rows")
+    rows = receiver.delivered()
+    assert [r["AptNum"] for r in rows] == inserted
+    assert len({r["DateTStamp"] for r in rows}) == 1
+
+
+def test_a_transaction_held_open_across_windows_is_delivered_after_it_commits(
+    conn: psycopg.Connection[Any], office: Office, pipeline: Pipeline, receiver: Receiver
+) -> None:
+    subscribe(conn, receiver.url(), "Appointment", source="office")
+    pipeline.start_all()
+    before = office.insert_appointments(2)
+    wait_for(lambda: len(receiver.delivered()) == 2, 30, "the rows before")
+    with office.connect() as writer:
+        cur = writer.cursor()
+        cur.execute("BEGIN")
+        cur.execute("INSERT INTO appointment (Note) VALUES ('held open')")
+        late = int(cur.lastrowid)
+        after = office.insert_appointments(3)  # committed, in later seconds
+        wait_for(lambda: hold() > 3, 30, "the window held behind the open transaction")
+        assert keys(receiver) == before  # several windows went by; none passed it
+        cur.execute("COMMIT")
+    wait_for(lambda: len(receiver.delivered()) == 6, 30, "everything after the commit")
+    assert keys(receiver) == [*before, late, *after]
+
+
+def test_a_write_waiting_for_a_table_lock_keeps_its_second_writable(
+    conn: psycopg.Connection[Any], office: Office, pipeline: Pipeline, receiver: Receiver
+) -> None:
+    """The waiting INSERT is in no InnoDB transaction yet, but it has its stamp already: only
+    its statement in the process list holds the window below it."""
+    subscribe(conn, receiver.url(), "Appointment", source="office")
+    pipeline.start_all()
+    before = office.insert_appointments(1)
+    wait_for(lambda: len(receiver.delivered()) == 1, 30, "the row before")
+    done: list[int] = []
+    with office.connect() as locker:
+        locker.cursor().execute("LOCK TABLES appointment READ")
+
+        def blocked_insert() -> None:
+            done.extend(office.insert_appointments(1, "waited for the lock"))
+
+        writer = threading.Thread(target=blocked_insert)
+        writer.start()
+        wait_for(lambda: hold() > 2.5, 30, "the window held behind the waiting statement")
+        locker.cursor().execute("UNLOCK TABLES")
+    writer.join(30)
+    wait_for(lambda: len(receiver.delivered()) == 2, 30, "the waiting write")
+    assert keys(receiver) == [*before, *done]
+
+
+def test_deletions_and_patients_arrive_from_the_source(
+    conn: psycopg.Connection[Any], office: Office, pipeline: Pipeline, receiver: Receiver
+) -> None:
+    subscribe(conn, receiver.url("/deleted"), "AppointmentDeleted", source="office")
+    subscribe(conn, receiver.url("/patients"), "Patient", source="office")
+    pipeline.start_all()
+    (gone,) = office.insert_appointments(1)
+    with office.connect() as c:
+        c.cursor().execute("DELETE FROM appointment WHERE AptNum = %s", (gone,))
+        c.cursor().execute("INSERT INTO patient (LName, Premed) VALUES ('Doe', 1)")
+    wait_for(lambda: receiver.delivered("/deleted"), 30, "the deletion")
+    wait_for(lambda: receiver.delivered("/patients"), 30, "the patient")
+    (deleted,) = receiver.delivered("/deleted")
+    assert deleted["AptNum"] == gone and deleted["HistApptAction"] == "Deleted"
+    (patient,) = receiver.delivered("/patients")
+    assert patient["LName"] == "Doe" and patient["Premed"] == "true"
+    assert receiver.batches("/patients")[0].headers["Event-Type"] == "WatchTable: Patient"
+
+
+def test_the_source_is_healthy_in_the_metrics(
+    conn: psycopg.Connection[Any], office: Office, pipeline: Pipeline, receiver: Receiver
+) -> None:
+    metrics.SOURCE_UP.labels("office").set(0)
+    subscribe(conn, receiver.url(), "Appointment", source="office")
+    pipeline.start_all()
+    wait_for(
+        lambda: REGISTRY.get_sample_value("apievents_source_up", {"source": "office"}) == 1,
+        30,
+        "the source up",
+    )
+    stays(lambda: not receiver.delivered(), 0.5, "no rows without changes")

@@ -1,0 +1,76 @@
+"""Many sources: one that is down or hangs costs the others nothing, and heals by itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+from prometheus_client import REGISTRY
+
+from tests.integration.conftest import subscribe
+from tests.support import wait_for
+from tests.support.mariadb import Office, add_office, mariadb_database
+from tests.support.receiver import Receiver
+from tests.support.services import Pipeline, fast_settings
+from tests.support.tcp_proxy import Proxy
+
+
+@pytest.fixture
+def offices(conn: psycopg.Connection[Any]) -> Iterator[tuple[Office, Office, Proxy]]:
+    with mariadb_database() as flaky_url, mariadb_database() as steady_url:
+        u = urlsplit(flaky_url)
+        proxy = Proxy((u.hostname or "127.0.0.1", u.port or 3306))
+        proxied = f"mysql://{u.username}@127.0.0.1:{proxy.port}{u.path}"
+        try:
+            add_office(conn, "flaky", proxied)  # the services reach it through the proxy
+            yield Office("flaky", flaky_url), add_office(conn, "steady", steady_url), proxy
+        finally:
+            proxy.close()
+
+
+def up(source: str) -> float | None:
+    return REGISTRY.get_sample_value("apievents_source_up", {"source": source})
+
+
+def keys(receiver: Receiver, path: str) -> list[int]:
+    return [r["AptNum"] for r in receiver.delivered(path)]
+
+
+@pytest.mark.parametrize("outage", ["down", "hang"])
+def test_a_source_that_is_down_or_hangs_costs_the_others_nothing_and_heals(
+    outage: str,
+    database_url: str,
+    prefix: str,
+    conn: psycopg.Connection[Any],
+    offices: tuple[Office, Office, Proxy],
+    receiver: Receiver,
+) -> None:
+    flaky, steady, proxy = offices
+    subscribe(conn, receiver.url("/flaky"), "Appointment", source="flaky")
+    subscribe(conn, receiver.url("/steady"), "Appointment", source="steady")
+    settings = replace(fast_settings(database_url, prefix), source_timeout_seconds=1.0)
+    pipeline = Pipeline(settings).start_all()
+    try:
+        first = flaky.insert_appointments(2)
+        wait_for(lambda: keys(receiver, "/flaky") == first, 30, "the flaky source's rows")
+        getattr(proxy, outage)()
+        wait_for(lambda: up("flaky") == 0, 30, "the flaky source reported down")
+        during = flaky.insert_appointments(3)
+        steady_keys: list[int] = []
+        for _ in range(5):  # the steady source keeps flowing, change after change
+            steady_keys += steady.insert_appointments(1)
+            wait_for(
+                lambda n=list(steady_keys): keys(receiver, "/steady") == n,  # type: ignore[misc]
+                15,
+                "the steady rows",
+            )
+        assert keys(receiver, "/flaky") == first
+        proxy.up()
+        wait_for(lambda: keys(receiver, "/flaky") == first + during, 60, "the healed source")
+        assert up("flaky") == 1 and up("steady") == 1
+    finally:
+        pipeline.stop_all()

@@ -73,10 +73,19 @@ def _where(wt: WatchTable) -> tuple[str, list[object]]:
     return " AND ".join(f"{quote(c)} = %s" for c, _ in wt.row_filter), [v for _, v in wt.row_filter]
 
 
+def _shown(wt: WatchTable, column: str) -> str:
+    """A delivered value. The stamp (a MySQL ``timestamp``) is read in this UTC session, so it
+    is shown in the server's own zone, as an Open Dental client's session sees it; other times
+    are ``datetime`` wall times and come as stored."""
+    if column == wt.timestamp_column:
+        return f"CONVERT_TZ({quote(column)}, '+00:00', @@global.time_zone)"
+    return quote(column)
+
+
 def select_list(wt: WatchTable) -> str:
     """The delivered values (fields, then derived fields), then the timestamp and the key:
     the same row shape as queries_pg.row_source, so worker/rows.py encodes either."""
-    values = [quote(c) for c, _ in wt.fields]
+    values = [_shown(wt, c) for c, _ in wt.fields]
     for d in wt.derived:  # only colors: a source's lookups are not registered (see migrate)
         c = quote(d.column)
         values.append(f"CONCAT_WS(',', ({c} >> 16) & 255, ({c} >> 8) & 255, {c} & 255)")

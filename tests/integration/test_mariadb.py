@@ -44,19 +44,18 @@ def test_every_row_arrives_once_in_order_in_batches_of_at_most_1000(
     subscribe(conn, receiver.url(), "Appointment", source="office")
     pipeline.start_all()
     inserted = office.insert_appointments(n)
-    try:
-        wait_for(lambda: len(receiver.delivered()) >= n, 20, f"{n} rows")
-    except AssertionError:
-        from apievents.common import subscriptions
-
-        print("DBG", subscriptions.list_all(conn), len(receiver.delivered()))
-        raise
+    wait_for(lambda: len(receiver.delivered()) >= n, 20, f"{n} rows")
     assert keys(receiver) == inserted
     sizes = [len(b.rows) for b in receiver.batches()]
     assert max(sizes) <= 1000 and sum(sizes) == n
     first = receiver.delivered()[0]
     assert first["AptStatus"] == "Scheduled" and first["TimeLocked"] == "false"
-    assert len(first["DateTStamp"]) == 19  # Open Dental's yyyy-MM-dd HH:mm:ss
+    # Open Dental's yyyy-MM-dd HH:mm:ss, as a session in the server's own zone shows it
+    with office.connect() as c, c.cursor() as cur:
+        cur.execute("SET time_zone = DEFAULT")
+        cur.execute("SELECT DateTStamp FROM appointment WHERE AptNum = %s", (first["AptNum"],))
+        (stamp,) = cur.fetchone()  # type: ignore[misc]
+    assert first["DateTStamp"] == stamp.isoformat(" ")
 
 
 def test_3000_rows_stamped_within_one_second(

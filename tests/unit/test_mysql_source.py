@@ -59,6 +59,25 @@ def test_page_rows_have_the_shape_of_postgresql_pages() -> None:
     assert select.endswith("`DateTStamp`, `HistApptNum`")
 
 
+def test_the_delivered_stamp_is_shown_in_the_servers_own_zone() -> None:
+    # Read in a UTC session, but Open Dental shows DateTStamp as the server's local time; the
+    # trailing paging stamp stays UTC.
+    wt = WatchTable(
+        "office.Appointment",
+        "opendental",
+        "appointment",
+        "AptNum",
+        "DateTStamp",
+        (("AptNum", "AptNum"), ("DateTStamp", "DateTStamp")),
+        "opendental",
+        source="office",
+    )
+    select = queries_mysql.select_list(wt)
+    assert select == (
+        "`AptNum`, CONVERT_TZ(`DateTStamp`, '+00:00', @@global.time_zone), `DateTStamp`, `AptNum`"
+    )
+
+
 def test_the_end_is_the_last_completed_second() -> None:
     assert mysql_safe_end(t("2026-01-01 10:00:05.7"), None, None, MARGIN) == t(
         "2026-01-01 10:00:04"

@@ -12,19 +12,12 @@ import pytest
 from tests.integration.conftest import subscribe
 from tests.support import wait_for
 from tests.support.mariadb import Office, add_office, mariadb_database
-from tests.support.processes import Stack, service_env
+from tests.support.processes import Stack
 from tests.support.receiver import Receiver, sleep_then
 
 pytestmark = pytest.mark.acceptance
 
 SERVICES = ("producer", "committer", "worker")
-
-
-@pytest.fixture
-def stack(database_url: str, prefix: str) -> Iterator[Stack]:
-    s = Stack(service_env(database_url, prefix))
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -16,13 +15,6 @@ from tests.support.receiver import Receiver, sleep_then
 pytestmark = pytest.mark.acceptance
 
 SERVICES = ("producer", "committer", "worker")
-
-
-@pytest.fixture
-def stack(database_url: str, prefix: str) -> Iterator[Stack]:
-    s = Stack(service_env(database_url, prefix))
-    yield s
-    s.close()
 
 
 def watermark_covers(conn: psycopg.Connection[Any], num: int) -> bool:

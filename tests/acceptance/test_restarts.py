@@ -6,7 +6,6 @@ These restart the machine's shared servers, so they run last and wait until both
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,11 @@ import pytest
 from tests.acceptance.test_processes import SERVICES, watermark_covers
 from tests.integration.conftest import insert_appointments, subscribe
 from tests.support import wait_for
-from tests.support.processes import Stack, service_env
+from tests.support.processes import Stack
 from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.acceptance
 SERVICES_SH = Path(__file__).resolve().parents[2] / "scripts" / "services.sh"
-
-
-@pytest.fixture
-def stack(database_url: str, prefix: str) -> Iterator[Stack]:
-    s = Stack(service_env(database_url, prefix))
-    yield s
-    s.close()
 
 
 def restart_rabbitmq() -> None:

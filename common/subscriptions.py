@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -18,6 +19,8 @@ from apievents.common.inputs import FIELDS as FIELDS
 from apievents.common.inputs import InputError as InputError
 from apievents.common.logs import error_text
 from apievents.common.ssrf import EndpointPolicy
+
+log = logging.getLogger(__name__)
 
 
 class NotFound(LookupError):
@@ -51,7 +54,10 @@ def validate(
                 source = sources.of_customer(conn, str(out.get("customer_key") or ""))
             elif source:
                 sources.get(conn, source)
-            out["watch_table"] = registry.resolve(conn, out["watch_table"], source).name
+            wt = registry.resolve(conn, out["watch_table"], source)
+            if wt.source != source:  # a qualified name of another source, or of none
+                raise registry.RegistryError(_foreign(out["watch_table"], source))
+            out["watch_table"] = wt.name
         except sources.SourceError as e:
             raise InputError("source", str(e).removeprefix("--source: ")) from None
         except registry.RegistryError as e:
@@ -130,6 +136,13 @@ def create(
     return to_json(row) | {"Secret": clean["secret"]}
 
 
+def _foreign(name: str, source: str) -> str:
+    """Why a WatchTable of another source is refused: a CustomerKey mapped to one office, or
+    the PostgreSQL tables, never reach another office's tables by naming them in full."""
+    where = f"source {source!r}" if source else "apievents' own PostgreSQL tables"
+    return f"no WatchTable {name!r} among {where}"
+
+
 def _safe_start(
     conn: psycopg.Connection[Any], watch_table: str, margin: float, timeout: float
 ) -> Any:
@@ -139,9 +152,11 @@ def _safe_start(
         try:
             return mysql_horizon.safe_start(conn, wt.source, timedelta(seconds=margin), timeout)
         except (mysql.SourceUnavailable, mysql.Error) as e:
+            # The driver's text names hosts and ports: logged for the operator, never shown to
+            # a customer of the API.
+            log.warning("source_unreadable", extra={"source": wt.source, "error": error_text(e)})
             raise InputError(
-                "date_time_start",
-                f"source {wt.source!r} cannot be read now ({error_text(e)}); give a start",
+                "date_time_start", f"source {wt.source!r} cannot be read now; give a start"
             ) from None
     start = watermark.read(conn, timedelta(seconds=margin)).end
     watermark.advance(conn, start)

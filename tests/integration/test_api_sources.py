@@ -78,3 +78,30 @@ def test_a_customer_without_a_source_stays_on_postgresql(
     stored = subscriptions.get(conn, answer.json()["SubscriptionNum"])
     assert stored["WatchTable"] == "Appointment"
     assert sources.of_customer(conn, "OTHER1") == ""
+
+
+def test_no_customer_reaches_another_offices_tables_by_naming_them_in_full(
+    conn: psycopg.Connection[Any], client: TestClient, office: str
+) -> None:
+    # north's WatchTables are stored as north.Appointment; naming that in full must not let a
+    # customer of PostgreSQL, or of another office, subscribe to north's patients.
+    with mariadb_database() as south_url:
+        add_office(conn, "south", south_url)
+        conn.execute(
+            "INSERT INTO apievents.customer_source (customer_key, source) VALUES ('S1', 'south')"
+        )
+        auths = {ck: pair(conn, ck) for ck in ("S1", "PG1")}
+        for ck, auth in auths.items():
+            for name in ("north.Appointment", "north.Patient"):
+                answer = client.post(V1, json=BODY | {"WatchTable": name}, headers=auth)
+                assert answer.status_code == 400, (ck, name, answer.text)
+                assert "WatchTable" in answer.text
+        mine = client.post(V1, json=BODY, headers=auths["S1"])
+        assert mine.status_code == 201, mine.text
+        num = mine.json()["SubscriptionNum"]
+        moved = client.put(f"{V1}/{num}", json={"WatchTable": "north.Patient"}, headers=auths["S1"])
+        assert moved.status_code == 400, moved.text
+        assert subscriptions.get(conn, num)["WatchTable"] == "south.Appointment"
+    assert conn.execute(
+        "SELECT count(*) FROM apievents.subscription WHERE watch_table LIKE 'north.%'"
+    ).fetchone() == (0,)

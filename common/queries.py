@@ -334,7 +334,7 @@ def _next_poll(anchor: str) -> str:
     )
 
 
-# Nothing changed since DateTimeStart: no job; look again after PollingSeconds. Every change up
+# Nothing changed since DateTimeStart: no job; look again at its next poll. Every change up
 # to the safe window end was delivered, so DateTimeStart moves there (never past DateTimeStop,
 # never back), as Open Dental moves it on every poll: a live subscription's start keeps pace.
 _IDLE_START = "greatest(date_time_start, least(%(end)s, coalesce(date_time_stop, 'infinity')))"

@@ -44,8 +44,8 @@ def claim_due(
     The window end is read from the database server's clock and bounded by every write that
     can still commit (common/watermark.py). A subscription whose table has nothing newer than
     its position gets no job: its DateTimeStart moves to the window end, and it is looked at
-    again after PollingSeconds. No customer gets more than ``per_customer`` windows in flight
-    (0: no cap).
+    again at its next poll (within PollingSeconds). No customer gets more than
+    ``per_customer`` windows in flight (0: no cap).
 
     Without a ``reading`` this claims the subscriptions on apievents' own PostgreSQL; with
     one, those on that MariaDB/MySQL source, whose clock, writes in flight and newest changes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -39,7 +40,7 @@ class Pool:
 
     async def _open(self) -> Any:
         a = self.address
-        return await asyncmy.connect(
+        conn = await asyncmy.connect(
             host=a.host,
             port=a.port,
             user=a.user,
@@ -49,7 +50,16 @@ class Pool:
             connect_timeout=max(1, int(self.timeout)),
             read_timeout=self.timeout,
             init_command=queries_mysql.SESSION,
+            ssl=_tls(a),
         )
+        if a.tls:  # never rely on the driver alone to refuse plain text: ask the server
+            rows = await _fetch(conn, queries_mysql.TLS_CIPHER, ())
+            if not rows or not rows[0][1]:
+                conn.close()
+                raise SourceUnavailable(
+                    f"source {self.name!r}: tls=verify, but the server does not speak TLS"
+                )
+        return conn
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
@@ -92,6 +102,11 @@ class Pool:
         """Close the idle connections."""
         while self._idle:
             self._idle.pop().close()
+
+
+def _tls(a: MySQLAddress) -> ssl.SSLContext | None:
+    """The TLS of a source's connections: verified certificate and host name, or none."""
+    return ssl.create_default_context(cafile=a.ca or None) if a.tls else None
 
 
 async def _fetch(conn: Any, query: str, args: Sequence[Any]) -> list[Row]:

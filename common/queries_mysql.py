@@ -13,6 +13,8 @@ from apievents.common.watchtable import WatchTable
 # Every session reads and compares times in UTC: DateTStamp is a MySQL timestamp (stored as
 # UTC, shown in the session's zone), and so are NOW() and innodb_trx.trx_started.
 SESSION = "SET time_zone = '+00:00'"
+# Non-empty once the session is encrypted.
+TLS_CIPHER = "SHOW SESSION STATUS LIKE 'Ssl_cipher'"
 PING = "SELECT 1"
 
 # The safe window end (common/mysql_horizon.py) reads, in this order: the server clock with

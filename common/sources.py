@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import psycopg
 
@@ -37,6 +37,8 @@ class MySQLAddress:
     user: str
     password: str
     database: str
+    tls: bool = False  # ?tls=verify: encrypted, the server's certificate and name verified
+    ca: str = ""  # ?ca=PATH: the CA file that signed it (default: the system's CAs)
 
     @classmethod
     def parse(cls, url: str) -> MySQLAddress:
@@ -51,10 +53,28 @@ class MySQLAddress:
         database = parts.path.lstrip("/")
         if not _DATABASE.match(database):
             raise SourceError("--url: name the database, e.g. mysql://user@host:3306/opendental")
-        if parts.query or parts.fragment:
-            raise SourceError("--url: no query or fragment; use mysql://user:pass@host:3306/db")
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        if (
+            parts.fragment
+            or set(options) - {"tls", "ca"}
+            or options.get("tls", "verify") != ("verify")
+        ):
+            raise SourceError(
+                "--url: the only options are ?tls=verify and &ca=PATH; "
+                "use mysql://user:pass@host:3306/db?tls=verify"
+            )
+        if "ca" in options and ("tls" not in options or not options["ca"]):
+            raise SourceError("--url: ca=PATH goes with tls=verify")
         user = unquote(parts.username or "")
-        return cls(parts.hostname, port, user, unquote(parts.password or ""), database)
+        return cls(
+            parts.hostname,
+            port,
+            user,
+            unquote(parts.password or ""),
+            database,
+            "tls" in options,
+            options.get("ca", ""),
+        )
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -74,3 +75,21 @@ def test_a_source_that_is_down_or_hangs_costs_the_others_nothing_and_heals(
         assert up("flaky") == 1 and up("steady") == 1
     finally:
         pipeline.stop_all()
+
+
+def test_a_source_that_asks_for_tls_is_never_read_in_plain_text() -> None:
+    # This server has TLS off: with tls=verify the source is refused, never read unencrypted.
+    from apievents.common import mysql
+    from apievents.common.sources import MySQLAddress
+
+    async def read(url: str) -> list[Any]:
+        pool = mysql.Pool("tls", MySQLAddress.parse(url), 1, 5.0)
+        try:
+            return await pool.fetch("SELECT 1")
+        finally:
+            pool.close()
+
+    with mariadb_database() as url:
+        assert asyncio.run(read(url)) == [(1,)]  # the server is there, in plain text
+        with pytest.raises(mysql.SourceUnavailable):
+            asyncio.run(read(url + "?tls=verify"))

@@ -134,6 +134,10 @@ def test_a_source_url_is_parsed_and_its_password_never_shown() -> None:
         "mysql://u@h:3306/",
         "mysql://u@h:99999/db",
         "mysql://u@h/db?ssl=1",
+        "mysql://u@h/db?tls=yes",
+        "mysql://u@h/db?ca=/etc/ca.pem",
+        "mysql://u@h/db?tls=verify&ca=",
+        "mysql://u@h/db?tls=verify&sslmode=disable",
         "mysql:///db",
         "mysql://u@h/a;b",
     ],
@@ -157,3 +161,10 @@ def test_the_schema_splits_into_its_statements() -> None:
         "CREATE TRIGGER IF NOT EXISTS appointment_deleted"
     )
     assert all(not s.rstrip().endswith(";") for s in found)
+
+
+def test_tls_is_asked_for_in_the_url() -> None:
+    plain = MySQLAddress.parse("mysql://u:p@h:3306/db")
+    assert not plain.tls
+    tls = MySQLAddress.parse("mysql://u:p@h:3306/db?tls=verify&ca=/etc/office-ca.pem")
+    assert tls.tls and tls.ca == "/etc/office-ca.pem" and tls.password == "p"

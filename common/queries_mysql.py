@@ -37,10 +37,20 @@ WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump'
 # copy that shows this very statement was taken after it started, and so after the statements
 # above were read. Parameter: LIKE pattern of the token.
 OPEN_CANARY = "START TRANSACTION WITH CONSISTENT SNAPSHOT"
+#
+# trx_started is the server's OS local time (InnoDB formats it with localtime), whatever the
+# session's zone: it is converted from 'SYSTEM' to UTC. In the hour a fall-back repeats, a local
+# time names two instants; the earlier one is taken, so the bound never moves later.
 TRANSACTIONS_IN_FLIGHT = """
-SELECT MIN(CASE WHEN trx_mysql_thread_id <> CONNECTION_ID() THEN trx_started END),
-       COALESCE(MAX(trx_mysql_thread_id = CONNECTION_ID() AND trx_query LIKE %s), 0)
-FROM information_schema.INNODB_TRX
+SELECT CASE WHEN CONVERT_TZ(utc - INTERVAL 1 HOUR, '+00:00', 'SYSTEM') = local_start
+            THEN utc - INTERVAL 1 HOUR ELSE utc END,
+       fresh
+FROM (SELECT local_start, CONVERT_TZ(local_start, 'SYSTEM', '+00:00') AS utc, fresh
+      FROM (SELECT MIN(CASE WHEN trx_mysql_thread_id <> CONNECTION_ID() THEN trx_started END)
+                     AS local_start,
+                   COALESCE(MAX(trx_mysql_thread_id = CONNECTION_ID() AND trx_query LIKE %s), 0)
+                     AS fresh
+            FROM information_schema.INNODB_TRX) AS t) AS v
 """
 CLOSE_CANARY = "COMMIT"
 # Prepared XA transactions: they show in innodb_trx while the server runs, but one recovered

@@ -146,3 +146,43 @@ def test_the_source_is_healthy_in_the_metrics(
         "the source up",
     )
     stays(lambda: not receiver.delivered(), 0.5, "no rows without changes")
+
+
+@pytest.mark.parametrize("zone", ["Australia/Sydney", "America/Los_Angeles"])
+def test_an_open_transaction_bounds_the_end_on_a_server_in_local_time(zone: str) -> None:
+    # InnoDB shows trx_started in the server's OS time zone, whatever the session's. On a
+    # server east of UTC, read as UTC it lies hours ahead and bounds nothing: rows of a
+    # transaction held open would be passed. West of UTC it would hold deliveries for hours.
+    import asyncio
+    from datetime import timedelta
+
+    from apievents.common import mysql
+    from apievents.common.mysql_horizon import read
+    from apievents.common.sources import MySQLAddress
+    from tests.support.mariadb import my_connect, private_server
+
+    async def reading(url: str) -> Any:
+        pool = mysql.Pool("zone", MySQLAddress.parse(url), 1, 10.0)
+        try:
+            return await read(pool, [])
+        finally:
+            pool.close()
+
+    with private_server(zone) as server, mariadb_database(server) as url:
+        with my_connect(url) as c:
+            c.cursor().execute("CREATE TABLE t (id int PRIMARY KEY) ENGINE=InnoDB")
+        with my_connect(url) as writer:
+            cur = writer.cursor()
+            cur.execute("BEGIN")
+            cur.execute("INSERT INTO t VALUES (1)")
+            cur.execute("SELECT NOW()")  # UTC: the session's zone (my_connect)
+            (began,) = cur.fetchone()  # type: ignore[misc]
+            r = asyncio.run(reading(url))
+            assert r.oldest_transaction is not None
+            opened = began.replace(tzinfo=r.clock.tzinfo)
+            assert abs(r.oldest_transaction - opened) <= timedelta(seconds=2), (
+                r.oldest_transaction,
+                opened,
+            )
+            assert r.horizon(timedelta(seconds=0.05), None).end < opened
+            cur.execute("ROLLBACK")

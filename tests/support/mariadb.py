@@ -7,10 +7,15 @@ name by ``mariadb_database`` and dropped by it alone.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,3 +84,56 @@ def add_office(conn: psycopg.Connection[Any], name: str, url: str) -> Office:
     sources.add(conn, name, url)
     migrate_mysql.migrate(conn, name, 10)
     return Office(name, url)
+
+
+@contextmanager
+def private_server(timezone: str) -> Iterator[str]:
+    """A throw-away MariaDB server of this test's own, whose OS time zone is ``timezone`` (as an
+    office server running in local time has); yields its URL; stopped and deleted on exit."""
+    from tests.support.services import _free_port
+
+    folder = Path(tempfile.mkdtemp(prefix="apievents-mariadb-"))
+    port = _free_port()
+    subprocess.run(
+        [
+            "mariadb-install-db",
+            "--no-defaults",
+            f"--datadir={folder / 'data'}",
+            "--user=root",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = subprocess.Popen(
+        [
+            "mariadbd",
+            "--no-defaults",
+            f"--datadir={folder / 'data'}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={folder / 'sock'}",
+            "--user=root",
+            "--innodb-buffer-pool-size=32M",
+            "--skip-log-bin",
+            f"--log-error={folder / 'err'}",
+        ],
+        env=os.environ | {"TZ": timezone},
+    )
+    url = f"mysql://root@127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                my_connect(url).close()
+                break
+            except pymysql.err.OperationalError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(60)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -12,12 +12,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import psycopg
 
 from apievents.common import queries
-from apievents.common.logs import redact
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
 _DATABASE = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
@@ -50,6 +49,11 @@ class MySQLAddress:
             raise SourceError("--url: not a URL; use mysql://user:pass@host:3306/db") from None
         if parts.scheme not in SCHEMES or not parts.hostname:
             raise SourceError("--url: use mysql://user:pass@host:3306/db")
+        if parts.netloc.count("@") > 1 or re.search(r"[\s'\"]", parts.netloc):
+            raise SourceError(
+                "--url: percent-encode @, spaces and quotes in the user and password "
+                "(@ is %40, a space %20)"
+            )
         database = parts.path.lstrip("/")
         if not _DATABASE.match(database):
             raise SourceError("--url: name the database, e.g. mysql://user@host:3306/opendental")
@@ -92,12 +96,21 @@ class Source:
         """Its parsed URL."""
         return MySQLAddress.parse(self.url)
 
+    @property
+    def shown_url(self) -> str:
+        """The URL as output may show it: rebuilt from its parts, with the password masked."""
+        parts, a = urlsplit(self.url), self.address
+        user = quote(a.user, safe="") + (":***" if a.password else "")
+        query = f"?{parts.query}" if parts.query else ""
+        host = f"[{a.host}]" if ":" in a.host else a.host
+        return f"{parts.scheme}://{user}@{host}:{a.port}/{a.database}{query}"
+
     def to_json(self) -> dict[str, Any]:
         """The form the CLI prints: the URL without its password."""
         return {
             "Source": self.name,
             "Kind": self.kind,
-            "Url": redact(self.url),
+            "Url": self.shown_url,
             "CustomerKeys": list(self.customer_keys),
             "WatchTables": self.watch_tables,
         }

@@ -168,3 +168,28 @@ def test_tls_is_asked_for_in_the_url() -> None:
     assert not plain.tls
     tls = MySQLAddress.parse("mysql://u:p@h:3306/db?tls=verify&ca=/etc/office-ca.pem")
     assert tls.tls and tls.ca == "/etc/office-ca.pem" and tls.password == "p"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://apievents:Sm1th@2024@10.0.4.7:3306/opendental",
+        "mysql://apievents:it's-secret@10.0.4.7:3306/opendental",
+        "mysql://apievents:two words@10.0.4.7:3306/opendental",
+        'mysql://apievents:pa"ss@10.0.4.7:3306/opendental',
+    ],
+)
+def test_a_password_that_output_could_not_mask_is_refused(url: str) -> None:
+    with pytest.raises(SourceError, match="percent-encode"):
+        MySQLAddress.parse(url)
+
+
+@pytest.mark.parametrize(
+    ("password", "encoded"),
+    [("Sm1th@2024", "Sm1th%402024"), ("it's secret", "it%27s%20secret"), ("p:w/d", "p%3Aw%2Fd")],
+)
+def test_an_encoded_password_never_shows(password: str, encoded: str) -> None:
+    url = f"mysql://apievents:{encoded}@[fd00::7]:3307/opendental?tls=verify"
+    assert MySQLAddress.parse(url).password == password
+    shown = Source("north", "mysql", url).to_json()["Url"]
+    assert shown == "mysql://apievents:***@[fd00::7]:3307/opendental?tls=verify"

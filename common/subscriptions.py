@@ -50,10 +50,16 @@ def validate(
     out = dict(values)
     if "watch_table" in out:
         try:
+            own = sources.of_customer(conn, str(out.get("customer_key") or ""))
             if source is None:
-                source = sources.of_customer(conn, str(out.get("customer_key") or ""))
-            elif source:
-                sources.get(conn, source)
+                source = own
+            else:
+                if source:
+                    sources.get(conn, source)
+                if own and own != source:  # its customer would see another office's rows
+                    raise InputError(
+                        "customer_key", f"belongs to source {own!r}, not {source or 'none'!r}"
+                    )
             wt = registry.resolve(conn, out["watch_table"], source)
             if wt.source != source:  # a qualified name of another source, or of none
                 raise registry.RegistryError(_foreign(out["watch_table"], source))

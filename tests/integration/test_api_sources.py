@@ -105,3 +105,26 @@ def test_no_customer_reaches_another_offices_tables_by_naming_them_in_full(
     assert conn.execute(
         "SELECT count(*) FROM apievents.subscription WHERE watch_table LIKE 'north.%'"
     ).fetchone() == (0,)
+
+
+def test_the_operator_cannot_give_one_offices_customer_another_offices_table(
+    conn: psycopg.Connection[Any], office: str
+) -> None:
+    with mariadb_database() as south_url:
+        add_office(conn, "south", south_url)
+        conn.execute(
+            "INSERT INTO apievents.customer_source (customer_key, source) VALUES ('S1', 'south')"
+        )
+        values = {
+            "endpoint_url": "http://192.168.1.14:2097/",
+            "watch_table": "Appointment",
+            "polling_seconds": 5,
+            "customer_key": "S1",
+        }
+        policy = EndpointPolicy(deny_private=False)
+        for wrong in ("north", ""):  # north's table, or apievents' own PostgreSQL
+            with pytest.raises(subscriptions.InputError, match="belongs to source 'south'"):
+                subscriptions.create(conn, values, policy, source=wrong)
+        assert subscriptions.create(conn, values, policy, source="south")["WatchTable"] == (
+            "south.Appointment"
+        )

@@ -63,8 +63,14 @@ class Pool:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
-        """A connection of this pool; it goes back only if everything on it succeeded."""
-        async with self._slots:
+        """A connection of this pool; it goes back only if everything on it succeeded. Waiting
+        for a free one is bounded by the timeout too: a hanging source fails its windows at
+        once instead of holding the worker's slots behind them."""
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.timeout)
+        except TimeoutError:
+            raise SourceUnavailable(f"source {self.name!r}: every connection is busy") from None
+        try:
             conn = self._idle.pop() if self._idle else None
             try:
                 if conn is None:
@@ -76,6 +82,8 @@ class Pool:
                 raise
             else:
                 self._idle.append(conn)
+        finally:
+            self._slots.release()
 
     async def fetch(self, query: str, args: Sequence[Any] = ()) -> list[Row]:
         """All rows of one statement, within the timeout; SourceUnavailable otherwise."""
@@ -95,13 +103,31 @@ class Pool:
                 yield run
         except TimeoutError:
             raise SourceUnavailable(f"source {self.name!r} did not answer in time") from None
-        except (OSError, mysql_errors.OperationalError, mysql_errors.InterfaceError) as e:
+        except mysql_errors.OperationalError as e:
+            if not _unreachable(e):
+                raise  # the server answered: this statement's error (a table, a column, a grant)
+            raise SourceUnavailable(f"source {self.name!r}: {type(e).__name__}") from e
+        except (OSError, mysql_errors.InterfaceError) as e:
             raise SourceUnavailable(f"source {self.name!r}: {type(e).__name__}") from e
 
     def close(self) -> None:
         """Close the idle connections."""
         while self._idle:
             self._idle.pop().close()
+
+
+# Server errors that mean the source cannot be used now, not that one statement failed: too
+# many connections, access denied or blocked, shutdown, network and packet errors, killed or
+# timed-out connections, resource limits. Client errors (2000-2999) are all of this kind.
+_UNREACHABLE = frozenset(
+    {1040, 1042, 1043, 1044, 1045, 1053, 1077, 1079, 1080, 1081, 1129, 1130, 1152, 1153, 1154,
+     1155, 1156, 1157, 1158, 1159, 1160, 1161, 1184, 1203, 1226, 1927, 4031}
+)  # fmt: skip
+
+
+def _unreachable(e: mysql_errors.OperationalError) -> bool:
+    code = e.args[0] if e.args and isinstance(e.args[0], int) else 2000
+    return 2000 <= code < 3000 or code in _UNREACHABLE
 
 
 def _tls(a: MySQLAddress) -> ssl.SSLContext | None:

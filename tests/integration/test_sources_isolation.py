@@ -93,3 +93,63 @@ def test_a_source_that_asks_for_tls_is_never_read_in_plain_text() -> None:
         assert asyncio.run(read(url)) == [(1,)]  # the server is there, in plain text
         with pytest.raises(mysql.SourceUnavailable):
             asyncio.run(read(url + "?tls=verify"))
+
+
+def test_a_source_whose_connections_are_all_busy_fails_fast() -> None:
+    # A hanging source must fail its windows within its timeout, not hold the worker's slots
+    # while they queue for one of its connections.
+    from apievents.common import mysql
+    from apievents.common.sources import MySQLAddress
+
+    async def second_read_while_the_first_hangs(url: str) -> None:
+        pool = mysql.Pool("busy", MySQLAddress.parse(url), 1, 1.0)
+        held = asyncio.Event()
+
+        async def hold() -> None:
+            async with pool.connection():
+                held.set()
+                await asyncio.sleep(4)
+
+        holder = asyncio.create_task(hold())
+        await held.wait()
+        try:
+            with pytest.raises(mysql.SourceUnavailable, match="busy"):
+                await pool.fetch("SELECT 1")
+        finally:
+            holder.cancel()
+            await asyncio.gather(holder, return_exceptions=True)
+            pool.close()
+
+    with mariadb_database() as url:
+        asyncio.run(second_read_while_the_first_hangs(url))
+
+
+def test_one_unreadable_table_leaves_the_sources_other_tables_flowing(
+    conn: psycopg.Connection[Any],
+) -> None:
+    # A column renamed in one table is that table's error (its windows report it), never "the
+    # source is down", which would stop every table of the office.
+    from apievents.common import mysql, registry
+    from apievents.common.mysql_horizon import read
+    from apievents.common.sources import MySQLAddress
+    from apievents.producer import window
+    from tests.support.mariadb import my_connect
+
+    with mariadb_database() as url:
+        office = add_office(conn, "office", url)
+        office.insert_appointments(1)
+        with my_connect(url) as c:
+            c.cursor().execute("ALTER TABLE patient RENAME COLUMN DateTStamp TO Stamp")
+        tables = [wt for wt in registry.all_tables(conn) if wt.source == "office"]
+
+        async def reading() -> Any:
+            pool = mysql.Pool("office", MySQLAddress.parse(url), 1, 5.0)
+            try:
+                return await read(pool, tables)
+            finally:
+                pool.close()
+
+        newest = asyncio.run(reading()).newest
+    assert newest["office.Patient"] is window.UNKNOWN
+    assert newest["office.Appointment"] is not None
+    assert newest["office.Appointment"] is not window.UNKNOWN

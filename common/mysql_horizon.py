@@ -79,13 +79,51 @@ class StaleTransactions(mysql.SourceUnavailable):
     """INNODB_TRX kept showing an old copy: other readers query it more than every 0.1 s."""
 
 
-async def read(pool: mysql.Pool, tables: list[WatchTable]) -> Reading:
-    """The writes in flight first, then each table's newest change: every row at or below the
-    reading's end was committed before the newest changes were read."""
+@dataclass(frozen=True)
+class _Server:
+    """What a reading takes from the server as a whole (the bound is server-wide)."""
+
+    clock: datetime
+    oldest_statement: datetime | None
+    oldest_transaction: datetime | None
+    xa_prepared: int
+
+
+# Sources on one server share its server-wide part: INNODB_TRX refreshes only after 0.1 s
+# without readers, so one reader per source would keep every source's copy stale. A shared
+# part stays safe for each source: its tables' newest changes are read after it was taken.
+SHARE_FOR = 0.2  # seconds
+_SHARED: dict[tuple[int, str, int], tuple[float, _Server]] = {}
+_LOCKS: dict[tuple[int, str, int], asyncio.Lock] = {}
+
+
+async def _server(pool: mysql.Pool, share: bool) -> _Server:
+    if not share:
+        return await _read_server(pool)
+    loop = asyncio.get_running_loop()
+    key = (id(loop), pool.address.host, pool.address.port)
+    async with _LOCKS.setdefault(key, asyncio.Lock()):
+        taken, part = _SHARED.get(key, (float("-inf"), None))
+        if part is None or loop.time() - taken >= SHARE_FOR:
+            taken = loop.time()
+            part = await _read_server(pool)
+            _SHARED[key] = (taken, part)
+        return part
+
+
+async def _read_server(pool: mysql.Pool) -> _Server:
     async with pool.session() as run:
         ((clock, oldest_statement),) = await run(queries_mysql.STATEMENTS_IN_FLIGHT)
         oldest_transaction = await _transactions(run)
         xa = await run(queries_mysql.XA_PREPARED)
+    return _Server(clock.replace(tzinfo=UTC), utc(oldest_statement), oldest_transaction, len(xa))
+
+
+async def read(pool: mysql.Pool, tables: list[WatchTable], *, share: bool = False) -> Reading:
+    """The writes in flight first, then each table's newest change: every row at or below the
+    reading's end was committed before the newest changes were read. With ``share``, sources on
+    the same server take one server-wide part between them (the producer's watchers)."""
+    server = await _server(pool, share)
     newest: dict[str, Any] = {}
     for wt in tables:
         query, args = queries_mysql.newest_change(wt)
@@ -99,10 +137,10 @@ async def read(pool: mysql.Pool, tables: list[WatchTable]) -> Reading:
             newest[wt.name] = watermark.UNKNOWN
     return Reading(
         pool.name,
-        clock.replace(tzinfo=UTC),
-        utc(oldest_statement),
-        oldest_transaction,
-        len(xa),
+        server.clock,
+        server.oldest_statement,
+        server.oldest_transaction,
+        server.xa_prepared,
         newest,
     )
 

@@ -55,7 +55,7 @@ class Watcher:
         if not self._checked:
             await check_privileges(self.pool)
             self._checked = True
-        self.reading = await read(self.pool, self.tables)
+        self.reading = await read(self.pool, self.tables, share=True)
 
     async def _run(self) -> None:
         name = self.source.name

@@ -82,9 +82,10 @@ def mysql_safe_end(
     later seconds, but its rows are invisible until it commits). The end is the second before
     the oldest of those, and at most ``clock - margin``; it is always a whole second.
 
-    InnoDB starts a transaction when its first statement first touches a table, a moment after
-    that statement started (and took its stamp): the margin covers that moment too, as it
-    covers a PostgreSQL transaction that does not show in pg_stat_activity yet.
+    InnoDB starts a transaction at its first row operation, after its first statement started
+    (and took its stamp): the margin covers that delay when it is short, as it covers a
+    PostgreSQL transaction that does not show in pg_stat_activity yet. A longer delay is a
+    known gap (README, MariaDB guarantees).
     """
     writable = whole_second(clock)
     if oldest_statement is not None:  # its start is computed from TIME_MS: keep the margin

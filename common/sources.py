@@ -58,11 +58,8 @@ class MySQLAddress:
         if not _DATABASE.match(database):
             raise SourceError("--url: name the database, e.g. mysql://user@host:3306/opendental")
         options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        if (
-            parts.fragment
-            or set(options) - {"tls", "ca"}
-            or options.get("tls", "verify") != ("verify")
-        ):
+        unknown = set(options) - {"tls", "ca"}
+        if parts.fragment or unknown or options.get("tls", "verify") != "verify":
             raise SourceError(
                 "--url: the only options are ?tls=verify and &ca=PATH; "
                 "use mysql://user:pass@host:3306/db?tls=verify"

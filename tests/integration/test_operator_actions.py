@@ -81,12 +81,14 @@ def test_an_edit_while_a_window_waits_for_a_slot_stops_its_first_post(
     )
     receiver.behaviours["/a"] = sleep_then(3.0)  # holds the worker's only POST slot
     subscribe(conn, receiver.url("/a"))
-    num = subscribe(conn, receiver.url("/b"))
     insert_appointments(conn, 3)
     p = Pipeline(settings).start_all(workers=1)
     try:
         wait_for(lambda: receiver.active("/a") == 1, 15, "the other subscription's POST")
-        assert state(conn, num)["InFlight"], "the window waits for the slot"
+        # Only now /b: its first window holds the rows, and waits for the slot /a holds.
+        num = subscribe(conn, receiver.url("/b"), date_time_start="2000-01-01T00:00:00Z")
+        wait_for(lambda: state(conn, num)["InFlight"], 2, "the window waiting for the slot")
+        assert receiver.active("/a") == 1  # still holding the only slot
         if edit == "pause":
             subscriptions.set_status(conn, num, "paused")
         else:

@@ -1,10 +1,10 @@
 """The safe window end of a MariaDB/MySQL source, read from that server only.
 
-A reading holds the server's clock, the oldest statement still running, the oldest open
-InnoDB transaction and the prepared XA transactions (read in that order), then the newest
-change of each of the source's WatchTables. common/watermark.mysql_safe_end turns it into the
-window end. The producer reads every source this way (producer/sources.py); so does a new
-subscription's default DateTimeStart.
+A reading holds the server's clock, the oldest statement still running, the earliest stamp an
+open InnoDB transaction may write (common/trx_origins.py) and the prepared XA transactions
+(read in that order), then the newest change of each of the source's WatchTables.
+common/watermark.mysql_safe_end turns it into the window end. The producer reads every source
+this way (producer/sources.py); so does a new subscription's default DateTimeStart.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import psycopg
 
 from apievents.common import mysql, queries_mysql, sources, watermark
 from apievents.common.logs import error_text
+from apievents.common.trx_origins import Origins, Transaction
 from apievents.common.watchtable import WatchTable
 from apievents.common.watermark import Horizon
 
@@ -38,8 +39,9 @@ class Reading:
     source: str
     clock: datetime
     oldest_statement: datetime | None
-    oldest_transaction: datetime | None
+    oldest_transaction: datetime | None  # the earliest stamp an open transaction may write
     xa_prepared: int
+    unproven: int  # transactions open before the first reading: their stamps are unknown
     newest: dict[str, Any] = field(default_factory=dict)  # WatchTable name -> stamp
 
     def horizon(self, margin: timedelta, frontier: datetime | None) -> Horizon:
@@ -51,6 +53,7 @@ class Reading:
             margin,
             frontier,
             self.xa_prepared,
+            self.unproven,
         )
         return Horizon(self.clock, end, self.xa_prepared)
 
@@ -87,6 +90,7 @@ class _Server:
     oldest_statement: datetime | None
     oldest_transaction: datetime | None
     xa_prepared: int
+    unproven: int
 
 
 # Sources on one server share its server-wide part: INNODB_TRX refreshes only after 0.1 s
@@ -95,28 +99,35 @@ class _Server:
 SHARE_FOR = 0.2  # seconds
 _SHARED: dict[tuple[int, str, int], tuple[float, _Server]] = {}
 _LOCKS: dict[tuple[int, str, int], asyncio.Lock] = {}
+# What the previous reading of each server saw (common/trx_origins.py). Sessions that do not
+# share start without it, so every transaction open then is unproven.
+_ORIGINS: dict[tuple[int, str, int], Origins] = {}
 
 
 async def _server(pool: mysql.Pool, share: bool) -> _Server:
     if not share:
-        return await _read_server(pool)
+        return await _read_server(pool, Origins())
     loop = asyncio.get_running_loop()
     key = (id(loop), pool.address.host, pool.address.port)
     async with _LOCKS.setdefault(key, asyncio.Lock()):
         taken, part = _SHARED.get(key, (float("-inf"), None))
         if part is None or loop.time() - taken >= SHARE_FOR:
             taken = loop.time()
-            part = await _read_server(pool)
+            part = await _read_server(pool, _ORIGINS.setdefault(key, Origins()))
             _SHARED[key] = (taken, part)
         return part
 
 
-async def _read_server(pool: mysql.Pool) -> _Server:
+async def _read_server(pool: mysql.Pool, origins: Origins) -> _Server:
     async with pool.session() as run:
-        ((clock, oldest_statement),) = await run(queries_mysql.STATEMENTS_IN_FLIGHT)
-        oldest_transaction = await _transactions(run)
+        statements = await run(queries_mysql.STATEMENTS_IN_FLIGHT)
+        transactions = await _transactions(run)
         xa = await run(queries_mysql.XA_PREPARED)
-    return _Server(clock.replace(tzinfo=UTC), utc(oldest_statement), oldest_transaction, len(xa))
+    clock = statements[0][0].replace(tzinfo=UTC)
+    running = {thread: start.replace(tzinfo=UTC) for _, thread, start in statements if thread}
+    oldest_transaction, unproven = origins.observe(clock, running, transactions)
+    oldest_statement = min(running.values(), default=None)
+    return _Server(clock, oldest_statement, oldest_transaction, len(xa), unproven)
 
 
 async def read(pool: mysql.Pool, tables: list[WatchTable], *, share: bool = False) -> Reading:
@@ -141,25 +152,24 @@ async def read(pool: mysql.Pool, tables: list[WatchTable], *, share: bool = Fals
         server.oldest_statement,
         server.oldest_transaction,
         server.xa_prepared,
+        server.unproven,
         newest,
     )
 
 
-async def _transactions(run: Any) -> datetime | None:
-    """The oldest open transaction's start, from a copy of INNODB_TRX taken after this call
-    began (see queries_mysql.TRANSACTIONS_IN_FLIGHT); StaleTransactions if none came."""
+async def _transactions(run: Any) -> list[Transaction]:
+    """Every other session's open transaction, from a copy of INNODB_TRX taken after this
+    call began (see queries_mysql.TRANSACTIONS_IN_FLIGHT); StaleTransactions if none came."""
     for attempt in range(STALE_RETRIES):
         if attempt:  # jittered, so two readers that collided do not collide again
             await asyncio.sleep(CACHE_IDLE + random.uniform(0, CACHE_IDLE))  # noqa: S311
         await run(queries_mysql.OPEN_CANARY)
         try:
-            ((oldest, fresh),) = await run(
-                queries_mysql.TRANSACTIONS_IN_FLIGHT, (f"%{uuid.uuid4().hex}%",)
-            )
+            rows = await run(queries_mysql.TRANSACTIONS_IN_FLIGHT, (f"%{uuid.uuid4().hex}%",))
         finally:
             await run(queries_mysql.CLOSE_CANARY)
-        if fresh:
-            return utc(oldest)
+        if any(fresh for *_, fresh in rows):
+            return [(thread, t.replace(tzinfo=UTC)) for thread, t, own, _ in rows if not own]
     raise StaleTransactions("INNODB_TRX showed no fresh copy; something reads it constantly")
 
 

@@ -18,39 +18,42 @@ TLS_CIPHER = "SHOW SESSION STATUS LIKE 'Ssl_cipher'"
 PING = "SELECT 1"
 
 # The safe window end (common/mysql_horizon.py) reads, in this order: the server clock with
-# the statements running now, then the open InnoDB transactions. A statement stamps its rows
+# the statements running now, then the open InnoDB transactions, a row per session each (the
+# reading remembers them across readings: common/trx_origins.py). A statement stamps its rows
 # with its own start time (NOW() at its start, whole seconds in DateTStamp), so the oldest
 # running statement bounds what can still be written; a transaction that is between
-# statements holds rows stamped at or after its trx_started. Reading the statements first
-# means a transaction's statement that ends between the two reads is still seen in innodb_trx.
-# Sleeping sessions run nothing (their open transactions are in innodb_trx); daemons write no
-# rows of ours.
+# statements holds rows stamped at or after the start of the statement that opened it.
+# Reading the statements first means a transaction's statement that ends between the two
+# reads is still seen in innodb_trx. Sleeping sessions run nothing (their open transactions
+# are in innodb_trx); daemons write no rows of ours. The join keeps the clock's row when no
+# other session runs anything. Columns: clock, thread id, statement start.
 STATEMENTS_IN_FLIGHT = """
-SELECT NOW(6),
-       MIN(NOW(6) - INTERVAL CAST(TIME_MS * 1000 AS SIGNED) MICROSECOND)
-FROM information_schema.PROCESSLIST
-WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump')
+SELECT NOW(6), p.ID, NOW(6) - INTERVAL CAST(p.TIME_MS * 1000 AS SIGNED) MICROSECOND
+FROM (SELECT 1) AS clock
+LEFT JOIN information_schema.PROCESSLIST AS p
+  ON p.ID <> CONNECTION_ID() AND p.COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump')
 """
 # INNODB_TRX is a cache that InnoDB refreshes only when nobody read it for 0.1 s, so frequent
 # readers (this one included) can see an old copy. The reading session therefore opens a
 # transaction of its own first and asks for it back with a token in the statement's text: a
 # copy that shows this very statement was taken after it started, and so after the statements
-# above were read. Parameter: LIKE pattern of the token.
+# above were read.
 OPEN_CANARY = "START TRANSACTION WITH CONSISTENT SNAPSHOT"
 #
 # trx_started is the server's OS local time (InnoDB formats it with localtime), whatever the
 # session's zone: it is converted from 'SYSTEM' to UTC. In the hour a fall-back repeats, a local
 # time names two instants; the earlier one is taken, so the bound never moves later.
+# Parameter: LIKE pattern of the token. Columns: thread id, start (UTC), this session's own
+# row, this session's own row showing the token.
 TRANSACTIONS_IN_FLIGHT = """
-SELECT CASE WHEN CONVERT_TZ(utc - INTERVAL 1 HOUR, '+00:00', 'SYSTEM') = local_start
+SELECT thread,
+       CASE WHEN CONVERT_TZ(utc - INTERVAL 1 HOUR, '+00:00', 'SYSTEM') = local_start
             THEN utc - INTERVAL 1 HOUR ELSE utc END,
-       fresh
-FROM (SELECT local_start, CONVERT_TZ(local_start, 'SYSTEM', '+00:00') AS utc, fresh
-      FROM (SELECT MIN(CASE WHEN trx_mysql_thread_id <> CONNECTION_ID() THEN trx_started END)
-                     AS local_start,
-                   COALESCE(MAX(trx_mysql_thread_id = CONNECTION_ID() AND trx_query LIKE %s), 0)
-                     AS fresh
-            FROM information_schema.INNODB_TRX) AS t) AS v
+       own, own AND query LIKE %s
+FROM (SELECT trx_mysql_thread_id AS thread, trx_query AS query, trx_started AS local_start,
+             CONVERT_TZ(trx_started, 'SYSTEM', '+00:00') AS utc,
+             trx_mysql_thread_id = CONNECTION_ID() AS own
+      FROM information_schema.INNODB_TRX) AS t
 """
 CLOSE_CANARY = "COMMIT"
 # Prepared XA transactions: they show in innodb_trx while the server runs, but one recovered

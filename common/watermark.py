@@ -73,6 +73,7 @@ def mysql_safe_end(
     margin: timedelta,
     frontier: datetime | None = None,
     hidden: int = 0,
+    unproven: int = 0,
 ) -> datetime:
     """The latest window end of a MariaDB/MySQL source that no write can still reach.
 
@@ -82,10 +83,12 @@ def mysql_safe_end(
     later seconds, but its rows are invisible until it commits). The end is the second before
     the oldest of those, and at most ``clock - margin``; it is always a whole second.
 
-    InnoDB starts a transaction at its first row operation, after its first statement started
-    (and took its stamp): the margin covers that delay when it is short, as it covers a
-    PostgreSQL transaction that does not show in pg_stat_activity yet. A longer delay is a
-    known gap (README, MariaDB guarantees).
+    ``oldest_transaction`` is the earliest stamp an open transaction may write: the start of
+    the statement that opened it, which InnoDB's trx_started can follow by any delay
+    (common/trx_origins.py). The margin covers the moments between the server's reads. With
+    ``hidden`` prepared transactions the end stays at or below ``frontier`` (or nothing may be
+    issued); with ``unproven`` ones (open before the first reading) it stays at or below
+    ``frontier`` when there is one.
     """
     writable = whole_second(clock)
     if oldest_statement is not None:  # its start is computed from TIME_MS: keep the margin
@@ -95,6 +98,8 @@ def mysql_safe_end(
     end = min(writable - SECOND, whole_second(clock - margin))
     if hidden:
         end = min(end, frontier or NEVER)
+    if unproven and frontier is not None:
+        end = min(end, frontier)
     return end
 
 

@@ -115,6 +115,39 @@ def test_a_write_waiting_for_a_table_lock_keeps_its_second_writable(
     assert keys(receiver) == [*before, *done]
 
 
+def test_a_transaction_whose_first_write_waited_for_a_lock_is_held_until_it_commits(
+    conn: psycopg.Connection[Any], office: Office, pipeline: Pipeline, receiver: Receiver
+) -> None:
+    """InnoDB starts a transaction at its first row operation: an INSERT that waited for a
+    lock shows a trx_started seconds after the stamp it took. Once the statement ends and the
+    transaction stays open, only the memory of that statement holds the window below it."""
+    subscribe(conn, receiver.url(), "Appointment", source="office")
+    pipeline.start_all()
+    before = office.insert_appointments(1)
+    wait_for(lambda: len(receiver.delivered()) == 1, 30, "the row before")
+    late: list[int] = []
+    with office.connect() as locker, office.connect() as writer:
+        cur = writer.cursor()
+
+        def insert_then_hold() -> None:
+            cur.execute("BEGIN")
+            cur.execute("INSERT INTO appointment (Note) VALUES ('waited, then held open')")
+            late.append(int(cur.lastrowid))
+
+        locker.cursor().execute("LOCK TABLES appointment READ")
+        blocked = threading.Thread(target=insert_then_hold)
+        blocked.start()
+        wait_for(lambda: hold() > 3.5, 30, "the window held behind the waiting statement")
+        locker.cursor().execute("UNLOCK TABLES")
+        blocked.join(30)
+        assert late, "the INSERT ran"
+        after = office.insert_appointments(3)  # committed while the first is still open
+        stays(lambda: keys(receiver) == before, 3.0, "no window passes the open transaction")
+        cur.execute("COMMIT")
+    wait_for(lambda: len(receiver.delivered()) == 5, 30, "everything after the commit")
+    assert keys(receiver) == [*before, *late, *after]
+
+
 def test_deletions_and_patients_arrive_from_the_source(
     conn: psycopg.Connection[Any], office: Office, pipeline: Pipeline, receiver: Receiver
 ) -> None:

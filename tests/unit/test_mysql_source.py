@@ -113,6 +113,14 @@ def test_prepared_xa_transactions_keep_the_end_at_the_frontier() -> None:
     assert mysql_safe_end(clock, None, None, MARGIN, None, hidden=1) == NEVER
 
 
+def test_transactions_open_before_the_first_reading_keep_the_end_at_the_frontier() -> None:
+    clock = t("2026-01-01 10:00:09.5")
+    frontier = t("2026-01-01 10:00:01")
+    assert mysql_safe_end(clock, None, None, MARGIN, frontier, unproven=1) == frontier
+    # before any end was issued there is no frontier: their trx_started bounds them alone
+    assert mysql_safe_end(clock, None, None, MARGIN, None, unproven=1) == t("2026-01-01 10:00:08")
+
+
 def test_a_source_url_is_parsed_and_its_password_never_shown() -> None:
     a = MySQLAddress.parse("mysql://od%40user:s3cr%3At@db.example:3307/opendental")
     assert (a.user, a.password, a.host, a.port, a.database) == (

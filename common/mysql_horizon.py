@@ -118,9 +118,28 @@ async def _server(pool: mysql.Pool, share: bool) -> _Server:
         return part
 
 
+# Whether each server's PROCESSLIST has TIME_MS (MariaDB, Percona), by address.
+_TIME_MS: dict[tuple[str, int], bool] = {}
+
+
+async def _statements_query(pool: mysql.Pool, run: Any) -> str:
+    address = (pool.address.host, pool.address.port)
+    if address not in _TIME_MS:
+        ((has,),) = await run(queries_mysql.HAS_TIME_MS)
+        _TIME_MS[address] = bool(has)
+    if _TIME_MS[address]:
+        return queries_mysql.STATEMENTS_IN_FLIGHT
+    return queries_mysql.STATEMENTS_IN_FLIGHT_SECONDS
+
+
 async def _read_server(pool: mysql.Pool, origins: Origins) -> _Server:
     async with pool.session() as run:
-        statements = await run(queries_mysql.STATEMENTS_IN_FLIGHT)
+        query = await _statements_query(pool, run)
+        try:
+            statements = await run(query)
+        except mysql.Error:
+            _TIME_MS.pop((pool.address.host, pool.address.port), None)  # another server now?
+            raise
         transactions = await _transactions(run)
         xa = await run(queries_mysql.XA_PREPARED)
     clock = statements[0][0].replace(tzinfo=UTC)

@@ -27,11 +27,21 @@ PING = "SELECT 1"
 # reads is still seen in innodb_trx. Sleeping sessions run nothing (their open transactions
 # are in innodb_trx); daemons write no rows of ours. The join keeps the clock's row when no
 # other session runs anything. Columns: clock, thread id, statement start.
-STATEMENTS_IN_FLIGHT = """
-SELECT NOW(6), p.ID, NOW(6) - INTERVAL CAST(p.TIME_MS * 1000 AS SIGNED) MICROSECOND
+_STATEMENTS = """
+SELECT NOW(6), p.ID, NOW(6) - INTERVAL {elapsed} MICROSECOND
 FROM (SELECT 1) AS clock
 LEFT JOIN information_schema.PROCESSLIST AS p
   ON p.ID <> CONNECTION_ID() AND p.COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump')
+"""
+# MariaDB and Percona Server show the elapsed time in milliseconds (TIME_MS); Oracle MySQL only
+# in whole seconds (TIME, truncated), so there a statement may have started up to a second
+# before NOW() - TIME: one more second is taken.
+STATEMENTS_IN_FLIGHT = _STATEMENTS.format(elapsed="CAST(p.TIME_MS * 1000 AS SIGNED)")
+STATEMENTS_IN_FLIGHT_SECONDS = _STATEMENTS.format(elapsed="(p.TIME + 1) * 1000000")
+HAS_TIME_MS = """
+SELECT COUNT(*) FROM information_schema.COLUMNS
+WHERE TABLE_SCHEMA = 'information_schema' AND TABLE_NAME = 'PROCESSLIST'
+  AND COLUMN_NAME = 'TIME_MS'
 """
 # INNODB_TRX is a cache that InnoDB refreshes only when nobody read it for 0.1 s, so frequent
 # readers (this one included) can see an old copy. The reading session therefore opens a

@@ -219,3 +219,47 @@ def test_an_open_transaction_bounds_the_end_on_a_server_in_local_time(zone: str)
             )
             assert r.horizon(timedelta(seconds=0.05), None).end < opened
             cur.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("time_ms", [True, False], ids=["TIME_MS", "whole-seconds-TIME"])
+def test_a_running_statement_bounds_the_reading_with_either_processlist(
+    time_ms: bool, office: Office, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MariaDB shows a statement's elapsed time in milliseconds; Oracle MySQL only in whole
+    seconds, truncated, so its start may be up to a second earlier than NOW() - TIME."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from apievents.common import mysql, mysql_horizon
+    from apievents.common.sources import MySQLAddress
+
+    address = MySQLAddress.parse(office.url)
+    key = (address.host, address.port)
+    if time_ms:  # detected from the server: MariaDB has TIME_MS
+        monkeypatch.delitem(mysql_horizon._TIME_MS, key, raising=False)
+    else:  # as on Oracle MySQL
+        monkeypatch.setitem(mysql_horizon._TIME_MS, key, False)
+
+    async def reading() -> Any:
+        pool = mysql.Pool("office", address, 1, 10.0)
+        try:
+            return await mysql_horizon.read(pool, [])
+        finally:
+            pool.close()
+
+    with office.connect() as locker:
+        locker.cursor().execute("LOCK TABLES appointment READ")
+        started = datetime.now(UTC)
+        writer = threading.Thread(target=office.insert_appointments, args=(1,))
+        writer.start()
+        try:
+            wait_for(lambda: (datetime.now(UTC) - started).total_seconds() > 1.6, 5, "a wait")
+            r = asyncio.run(reading())
+        finally:
+            locker.cursor().execute("UNLOCK TABLES")
+            writer.join(30)
+    assert mysql_horizon._TIME_MS[key] is time_ms
+    assert r.oldest_statement is not None
+    assert r.oldest_statement <= started + timedelta(seconds=0.1)  # never after its start
+    slack = timedelta(seconds=0.3 if time_ms else 1.3)
+    assert r.oldest_statement >= started - slack, (r.oldest_statement, started)

@@ -57,9 +57,7 @@ def validate(
                 if source:
                     sources.get(conn, source)
                 if own and own != source:  # its customer would see another office's rows
-                    raise InputError(
-                        "customer_key", f"belongs to source {own!r}, not {source or 'none'!r}"
-                    )
+                    raise _wrong_source(own, source)
             wt = registry.resolve(conn, out["watch_table"], source)
             if wt.source != source:  # a qualified name of another source, or of none
                 raise registry.RegistryError(_foreign(out["watch_table"], source))
@@ -211,10 +209,16 @@ def update(
     """Change only the named fields; drops any claim so the change takes effect at once.
 
     A new secret replaces the old one, which keeps signing for ``secret_overlap`` seconds.
+    A CustomerKey or a WatchTable changed alone is checked against the other as the
+    subscription has it: a customer of one office never watches another source.
     """
+    if "watch_table" in values and "customer_key" not in values and source is None:
+        source = sources.of_customer(conn, str(get(conn, num)["CustomerKey"] or ""))
     clean = validate(
         conn, values, partial=True, policy=policy, dns_timeout=dns_timeout, source=source
     )
+    if "customer_key" in clean and "watch_table" not in clean:
+        _owner_on_its_source(conn, num, str(clean["customer_key"] or ""))
     if not clean:
         return get(conn, num)
     with conn.transaction():
@@ -230,6 +234,23 @@ def update(
             clean | {"num": num, "overlap": secret_overlap},
         ).fetchone()
     return to_json(row, num)
+
+
+def _owner_on_its_source(conn: psycopg.Connection[Any], num: int, customer_key: str) -> None:
+    """InputError unless a CustomerKey mapped to a source gets a subscription on that source."""
+    own = sources.of_customer(conn, customer_key)
+    if not own:
+        return
+    try:
+        wt = registry.get(conn, str(get(conn, num)["WatchTable"]))
+    except registry.RegistryError:
+        return  # its WatchTable is gone: its windows fail, whoever owns it
+    if wt.source != own:
+        raise _wrong_source(own, wt.source)
+
+
+def _wrong_source(own: str, source: str) -> InputError:
+    return InputError("customer_key", f"belongs to source {own!r}, not {source or 'none'!r}")
 
 
 def clear_expired_secrets(conn: psycopg.Connection[Any]) -> int:

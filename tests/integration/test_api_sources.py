@@ -128,3 +128,31 @@ def test_the_operator_cannot_give_one_offices_customer_another_offices_table(
         assert subscriptions.create(conn, values, policy, source="south")["WatchTable"] == (
             "south.Appointment"
         )
+
+
+def test_an_operator_update_keeps_a_customer_and_its_table_on_one_source(
+    conn: psycopg.Connection[Any], office: str
+) -> None:
+    """`subscriptions update` with only one of --customer-key and --watch-table is checked
+    against the other as the subscription has it."""
+    with mariadb_database() as south_url:
+        add_office(conn, "south", south_url)
+        conn.execute(
+            "INSERT INTO apievents.customer_source (customer_key, source) VALUES ('S1', 'south')"
+        )
+        policy = EndpointPolicy(deny_private=False)
+        base = {"endpoint_url": "http://192.168.1.14:2097/", "polling_seconds": 5}
+        south = subscriptions.create(
+            conn, base | {"watch_table": "Appointment", "customer_key": "S1"}, policy
+        )["SubscriptionNum"]
+        # a new WatchTable is looked up in the source of the subscription's CustomerKey
+        moved = subscriptions.update(conn, south, {"watch_table": "Patient"}, policy)
+        assert moved["WatchTable"] == "south.Patient"
+        with pytest.raises(subscriptions.InputError):  # not a PostgreSQL table of that name
+            subscriptions.update(conn, south, {"watch_table": "public.appointment"}, policy)
+        # a CustomerKey of one office never takes over a subscription on another source
+        pg = subscriptions.create(conn, base | {"watch_table": "Appointment"}, policy)
+        with pytest.raises(subscriptions.InputError, match="belongs to source 'south'"):
+            subscriptions.update(conn, pg["SubscriptionNum"], {"customer_key": "S1"}, policy)
+        assert subscriptions.get(conn, pg["SubscriptionNum"])["CustomerKey"] == ""
+        assert subscriptions.update(conn, south, {"customer_key": "S1"}, policy)["CustomerKey"]

@@ -62,7 +62,14 @@ async def _apply(source: sources.Source, timeout: float) -> dict[str, list[str]]
             await pool.fetch(statement)
         found: dict[str, list[str]] = {}
         for _, table, _, _ in opendental.WATCH_TABLES:
-            rows = await pool.fetch(queries_mysql.TABLE_COLUMNS, (source.address.database, table))
+            where = (source.address.database, table)
+            ((engine,),) = await pool.fetch(queries_mysql.TABLE_ENGINE, where)
+            if engine not in queries_mysql.WATCHABLE_ENGINES:
+                raise MySQLMigrateError(
+                    f"--source: {source.name}: table {table} uses the {engine} engine; only "
+                    "InnoDB, MyISAM and Aria tables can be watched"
+                )
+            rows = await pool.fetch(queries_mysql.TABLE_COLUMNS, where)
             found[table] = [str(r[0]) for r in rows]
         return found
     except mysql.Error as e:

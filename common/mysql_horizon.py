@@ -40,7 +40,7 @@ class Reading:
     clock: datetime
     oldest_statement: datetime | None
     oldest_transaction: datetime | None  # the earliest stamp an open transaction may write
-    xa_prepared: int
+    hidden: int  # prepared XA transactions and delayed-insert threads: stamps unknown
     unproven: int  # transactions open before the first reading: their stamps are unknown
     newest: dict[str, Any] = field(default_factory=dict)  # WatchTable name -> stamp
 
@@ -52,10 +52,10 @@ class Reading:
             self.oldest_transaction,
             margin,
             frontier,
-            self.xa_prepared,
+            self.hidden,
             self.unproven,
         )
-        return Horizon(self.clock, end, self.xa_prepared)
+        return Horizon(self.clock, end, self.hidden)
 
 
 def utc(t: datetime | None) -> datetime | None:
@@ -78,6 +78,10 @@ STALE_RETRIES = 8
 CACHE_IDLE = 0.11  # seconds without readers after which InnoDB refreshes INNODB_TRX
 
 
+class Unsettled(mysql.SourceUnavailable):
+    """No safe end yet: transactions open before the first reading, and no frontier."""
+
+
 class StaleTransactions(mysql.SourceUnavailable):
     """INNODB_TRX kept showing an old copy: other readers query it more than every 0.1 s."""
 
@@ -89,7 +93,7 @@ class _Server:
     clock: datetime
     oldest_statement: datetime | None
     oldest_transaction: datetime | None
-    xa_prepared: int
+    hidden: int
     unproven: int
 
 
@@ -143,10 +147,11 @@ async def _read_server(pool: mysql.Pool, origins: Origins) -> _Server:
         transactions = await _transactions(run)
         xa = await run(queries_mysql.XA_PREPARED)
     clock = statements[0][0].replace(tzinfo=UTC)
-    running = {thread: start.replace(tzinfo=UTC) for _, thread, start in statements if thread}
+    running = {thread: start.replace(tzinfo=UTC) for _, thread, start, _ in statements if thread}
+    delayed = sum(1 for *_, handler in statements if handler)
     oldest_transaction, unproven = origins.observe(clock, running, transactions)
     oldest_statement = min(running.values(), default=None)
-    return _Server(clock, oldest_statement, oldest_transaction, len(xa), unproven)
+    return _Server(clock, oldest_statement, oldest_transaction, len(xa) + delayed, unproven)
 
 
 async def read(pool: mysql.Pool, tables: list[WatchTable], *, share: bool = False) -> Reading:
@@ -170,7 +175,7 @@ async def read(pool: mysql.Pool, tables: list[WatchTable], *, share: bool = Fals
         server.clock,
         server.oldest_statement,
         server.oldest_transaction,
-        server.xa_prepared,
+        server.hidden,
         server.unproven,
         newest,
     )
@@ -214,5 +219,7 @@ def safe_start(
             raise
         return frontier  # the producer's last safe end: every later change is still owed
     end = reading.horizon(margin, frontier).end
+    if end == watermark.NEVER:
+        raise Unsettled("transactions opened before apievents first read the source")
     watermark.advance(conn, end, source_name)
     return end

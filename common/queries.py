@@ -259,13 +259,15 @@ SELECT (SELECT min(least(xact_start, CASE WHEN state <> 'idle' THEN query_start 
 """
 ADVANCE_FRONTIER = """
 INSERT INTO apievents.window_frontier AS f (source, window_end) VALUES ('', %s)
-ON CONFLICT (source) DO UPDATE SET window_end = greatest(f.window_end, excluded.window_end)
+ON CONFLICT (source) DO UPDATE SET window_end = excluded.window_end
+WHERE f.window_end < excluded.window_end
 """
 # The same frontier for a MariaDB/MySQL source, under the source's name.
 FRONTIER_OF = "SELECT window_end FROM apievents.window_frontier WHERE source = %s"
 ADVANCE_FRONTIER_OF = """
 INSERT INTO apievents.window_frontier AS f (source, window_end) VALUES (%s, %s)
-ON CONFLICT (source) DO UPDATE SET window_end = greatest(f.window_end, excluded.window_end)
+ON CONFLICT (source) DO UPDATE SET window_end = excluded.window_end
+WHERE f.window_end < excluded.window_end
 """
 # Without pg_read_all_stats (or superuser), other roles' transactions show no xact_start; with
 # track_activities off, no session shows one. Either way the bound above would be blind.

@@ -26,9 +26,12 @@ PING = "SELECT 1"
 # Reading the statements first means a transaction's statement that ends between the two
 # reads is still seen in innodb_trx. Sleeping sessions run nothing (their open transactions
 # are in innodb_trx); daemons write no rows of ours. The join keeps the clock's row when no
-# other session runs anything. Columns: clock, thread id, statement start.
+# other session runs anything. An INSERT DELAYED (MyISAM, Aria) returns at once and leaves its
+# rows, stamped already, to a 'Delayed insert' handler thread that writes them later and shows
+# no age: while one exists, its stamps are unknown (the end stays at the frontier).
+# Columns: clock, thread id, statement start, whether it is a delayed-insert handler.
 _STATEMENTS = """
-SELECT NOW(6), p.ID, NOW(6) - INTERVAL {elapsed} MICROSECOND
+SELECT NOW(6), p.ID, NOW(6) - INTERVAL {elapsed} MICROSECOND, p.COMMAND = 'Delayed insert'
 FROM (SELECT 1) AS clock
 LEFT JOIN information_schema.PROCESSLIST AS p
   ON p.ID <> CONNECTION_ID() AND p.COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump')
@@ -146,4 +149,11 @@ TABLE_COLUMNS = """
 SELECT COLUMN_NAME, DATA_TYPE, COLUMN_DEFAULT, EXTRA, COLUMN_KEY
 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s
 ORDER BY ORDINAL_POSITION
+"""
+# Engines whose writes the reading sees: InnoDB's open transactions are in INNODB_TRX, and a
+# MyISAM or Aria row is visible as its statement writes it. Any other engine's (MyRocks,
+# FEDERATED, CONNECT, Spider) open transactions or remote writes would be invisible.
+WATCHABLE_ENGINES = frozenset({"InnoDB", "MyISAM", "Aria"})
+TABLE_ENGINE = """
+SELECT ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s
 """

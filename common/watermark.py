@@ -85,10 +85,10 @@ def mysql_safe_end(
 
     ``oldest_transaction`` is the earliest stamp an open transaction may write: the start of
     the statement that opened it, which InnoDB's trx_started can follow by any delay
-    (common/trx_origins.py). The margin covers the moments between the server's reads. With
-    ``hidden`` prepared transactions the end stays at or below ``frontier`` (or nothing may be
-    issued); with ``unproven`` ones (open before the first reading) it stays at or below
-    ``frontier`` when there is one.
+    (common/trx_origins.py). The margin covers the moments between the server's reads. While
+    there are ``hidden`` writes (prepared XA transactions, delayed-insert threads) or
+    ``unproven`` transactions (open before the first reading), the end stays at or below
+    ``frontier``, and without a frontier nothing may be issued.
     """
     writable = whole_second(clock)
     if oldest_statement is not None:  # its start is computed from TIME_MS: keep the margin
@@ -96,10 +96,8 @@ def mysql_safe_end(
     if oldest_transaction is not None:
         writable = min(writable, whole_second(oldest_transaction - margin))
     end = min(writable - SECOND, whole_second(clock - margin))
-    if hidden:
+    if hidden or unproven:
         end = min(end, frontier or NEVER)
-    if unproven and frontier is not None:
-        end = min(end, frontier)
     return end
 
 
@@ -113,6 +111,8 @@ def read(conn: psycopg.Connection[Any], margin: timedelta) -> Horizon:
 
 def advance(conn: psycopg.Connection[Any], end: datetime, source: str = "") -> None:
     """Record that window ends up to ``end`` were issued (the frontier only moves forward)."""
+    if end == NEVER:
+        return
     if source:
         conn.execute(queries.ADVANCE_FRONTIER_OF, (source, end))
     else:

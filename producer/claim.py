@@ -60,9 +60,10 @@ def claim_due(
         end = horizon.end
         params = {"limit": limit, "cap": per_customer, "source": source}
         due = conn.execute(queries.DUE_FOR_UPDATE, params).fetchall()
+        if due or reading is not None:  # a source's frontier moves while nothing is due too:
+            watermark.advance(conn, end, source)  # a new subscription's safe start needs it
         if not due:
             return Claimed(0, [], horizon)
-        watermark.advance(conn, end, source)
         names = {row[1] for row in due}
         if reading is None:
             newest = _newest_changes(conn, names)

@@ -217,7 +217,10 @@ def test_an_open_transaction_bounds_the_end_on_a_server_in_local_time(zone: str)
                 r.oldest_transaction,
                 opened,
             )
-            assert r.horizon(timedelta(seconds=0.05), None).end < opened
+            assert r.unproven == 1  # a reading without memory proves no transaction
+            # a frontier far ahead, so that only the transaction's own bound holds the end
+            far = opened + timedelta(hours=12)
+            assert r.horizon(timedelta(seconds=0.05), far).end < opened
             cur.execute("ROLLBACK")
 
 
@@ -263,3 +266,104 @@ def test_a_running_statement_bounds_the_reading_with_either_processlist(
     assert r.oldest_statement <= started + timedelta(seconds=0.1)  # never after its start
     slack = timedelta(seconds=0.3 if time_ms else 1.3)
     assert r.oldest_statement >= started - slack, (r.oldest_statement, started)
+
+
+def test_a_new_subscription_never_starts_after_a_transaction_no_reading_saw_open(
+    conn: psycopg.Connection[Any], office: Office
+) -> None:
+    """A transaction already open when a source is first read may hold stamps from before its
+    trx_started: a new subscription's default start is never taken past it."""
+    from datetime import datetime, timedelta
+
+    from apievents.common import subscriptions
+    from apievents.common.ssrf import EndpointPolicy
+
+    policy = EndpointPolicy(deny_private=False)
+    values = {"endpoint_url": "http://192.168.1.14:2097/", "watch_table": "Appointment"}
+    values |= {"polling_seconds": 5}
+
+    def create() -> datetime:
+        sub = subscriptions.create(conn, values, policy, source="office")
+        return datetime.fromisoformat(sub["DateTimeStart"])
+
+    def now() -> datetime:
+        return conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+
+    with office.connect() as writer:
+        cur = writer.cursor()
+        cur.execute("BEGIN")
+        cur.execute("INSERT INTO appointment (Note) VALUES ('open before any reading')")
+        opened = now()
+        # no reading of this source ever proved an end: there is nothing safe to start from
+        with pytest.raises(subscriptions.InputError, match="give a start"):
+            create()
+        cur.execute("ROLLBACK")
+    first = create()  # nothing open: read from the server, and the frontier moves there
+    with office.connect() as writer:
+        cur = writer.cursor()
+        cur.execute("BEGIN")
+        cur.execute("INSERT INTO appointment (Note) VALUES ('open again')")
+        assert create() <= first  # at most the frontier: this transaction is unproven too
+        cur.execute("ROLLBACK")
+    assert opened - timedelta(seconds=10) < first  # a start read from the server, not "never"
+
+
+def test_a_delayed_insert_holds_the_end_at_the_frontier(office: Office) -> None:
+    """INSERT DELAYED returns at once; a handler thread writes its stamped rows later and shows
+    no age in the process list, so while one exists no end passes the frontier."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from apievents.common import mysql
+    from apievents.common.mysql_horizon import read
+    from apievents.common.sources import MySQLAddress
+
+    address = MySQLAddress.parse(office.url)
+
+    async def reading() -> Any:
+        pool = mysql.Pool("office", address, 1, 10.0)
+        try:
+            return await read(pool, [])
+        finally:
+            pool.close()
+
+    with office.connect() as c:
+        cur = c.cursor()
+        cur.execute(
+            "CREATE TABLE legacy (id int AUTO_INCREMENT PRIMARY KEY, s timestamp) ENGINE=MyISAM"
+        )
+        assert asyncio.run(reading()).hidden == 0
+        with office.connect() as locker:
+            locker.cursor().execute("LOCK TABLES legacy READ")
+            cur.execute("INSERT DELAYED INTO legacy () VALUES ()")  # returns; the row waits
+            try:
+                r = asyncio.run(reading())
+                assert r.hidden == 1
+                frontier = datetime.now(UTC) - timedelta(minutes=1)
+                assert r.horizon(timedelta(seconds=0.05), frontier).end == frontier
+            finally:
+                locker.cursor().execute("UNLOCK TABLES")
+                cur.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST "
+                    "WHERE COMMAND = 'Delayed insert' AND DB = DATABASE()"
+                )
+                for (thread,) in cur.fetchall():  # it would linger for delayed_insert_timeout
+                    cur.execute(f"KILL {int(thread)}")
+    wait_for(lambda: asyncio.run(reading()).hidden == 0, 10, "the handler gone")
+
+
+def test_a_table_on_an_engine_the_reading_cannot_see_is_never_registered(
+    conn: psycopg.Connection[Any],
+) -> None:
+    from apievents.common import migrate_mysql, registry, sources
+    from tests.support.mariadb import my_connect
+
+    with mariadb_database() as url:
+        with my_connect(url) as c:  # an office's existing tables, kept by IF NOT EXISTS
+            for statement in migrate_mysql.statements():
+                c.cursor().execute(statement)
+            c.cursor().execute("ALTER TABLE patient ENGINE=MRG_MyISAM")
+        sources.add(conn, "merged", url)
+        with pytest.raises(migrate_mysql.MySQLMigrateError, match="MRG_MyISAM engine"):
+            migrate_mysql.migrate(conn, "merged", 10)
+        assert not [wt for wt in registry.all_tables(conn) if wt.source == "merged"]

@@ -175,6 +175,29 @@ def _dump(kind: str, fields: dict[str, Any]) -> bytes:
     return orjson.dumps({"v": VERSION, "type": kind, **fields})
 
 
+JOBS = "jobs"  # one message carrying several jobs; each window still has its own claim
+
+
+def jobs_to_bytes(jobs: list[Job]) -> bytes:
+    """Jobs as one broker message; a single job keeps the one-job form older workers read."""
+    if len(jobs) == 1:
+        return jobs[0].to_bytes()
+    return _dump(JOBS, {"items": [j.to_dict() for j in jobs]})
+
+
+def parse_jobs(body: bytes | str) -> list[Job]:
+    """The jobs of a message: a Jobs message, or a single Job."""
+    d = _load(None, body)
+    if d.get("type") == JOBS:
+        items = d.get("items")
+        if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+            raise MessageError("items: expected a non-empty list of jobs")
+        return [Job.from_dict(i) for i in items]
+    if d.get("type") != Job.kind:
+        raise MessageError(f"expected a job, got {d.get('type')!r}")
+    return [Job.from_dict(d)]
+
+
 Report = Outcome | Checkpoint
 REPORTS = "reports"  # one message carrying several reports, each handed on as it was ready
 

@@ -128,6 +128,13 @@ class Settings:
         "Producer: most subscriptions claimed (and published) in one tick.",
         used_by=("producer",),
     )
+    jobs_per_message: int = _opt(
+        16,
+        "Most windows in one job message (fewer broker messages and acks per window). Set 1 "
+        "while upgrading from a version that sends one window a message, until every worker "
+        "runs this one: a worker of such a version cannot read a message of several.",
+        used_by=("producer", "worker"),
+    )
     worker_concurrency: int = _opt(
         64,
         "Worker: windows delivered at once by one process (its POSTs in flight).",
@@ -250,6 +257,7 @@ class Settings:
             ("source_connections", self.source_connections >= 1, "must be at least 1"),
             ("source_timeout_seconds", self.source_timeout_seconds > 0, "must be positive"),
             ("claim_batch", self.claim_batch >= 1, "must be at least 1"),
+            ("jobs_per_message", self.jobs_per_message >= 1, "must be at least 1"),
             ("commit_batch", self.commit_batch >= 1, "must be at least 1"),
             *[(n, getattr(self, n) >= 0, "must be 0 (no cap) or more") for n in _CAPS],
             ("log_level", self.log_level.upper() in _LEVELS, "must be one of " + "/".join(_LEVELS)),

@@ -32,7 +32,7 @@ from apievents.common import (
 from apievents.common.broker import Session, Unconfirmed
 from apievents.common.lifecycle import ConfigurationError, Lifecycle, Wired, readiness
 from apievents.common.logs import error_text
-from apievents.common.messages import Job
+from apievents.common.messages import Job, jobs_to_bytes
 from apievents.common.mysql_horizon import BlindSource, Reading
 from apievents.common.settings import Settings
 from apievents.common.topology import JOBS
@@ -68,6 +68,7 @@ class ProducerConfig:
     confirm_timeout: float = 10.0
     source_connections: int = 4
     source_timeout: float = 10.0
+    jobs_per_message: int = 16
 
     @classmethod
     def from_settings(cls, s: Settings) -> ProducerConfig:
@@ -85,6 +86,7 @@ class ProducerConfig:
             s.max_windows_per_customer,
             source_connections=s.source_connections,
             source_timeout=s.source_timeout_seconds,
+            jobs_per_message=s.jobs_per_message,
         )
 
 
@@ -239,20 +241,25 @@ class Producer:
             self._next_warning = time.monotonic() + 60
 
     async def publish(self, session: Session, jobs: list[Job]) -> None:
-        """Publish a tick's jobs with streamed confirms; give back claims the broker refused."""
+        """Publish a tick's jobs, up to ``jobs_per_message`` a message, with streamed confirms;
+        give back the claims of messages the broker refused."""
         if not jobs:
             return
+        n = self.config.jobs_per_message
+        groups = [jobs[i : i + n] for i in range(0, len(jobs), n)]
         try:
-            await session.publish([j.to_bytes() for j in jobs], JOBS, self.config.confirm_timeout)
-        except Unconfirmed as e:
-            # Only a nacked job was surely never routed; one whose confirm did not come (or
-            # whose connection failed, which raises BrokerLost) keeps its claim until the lease
-            # runs out, so no second job can run beside it.
-            await asyncio.to_thread(self._release, [jobs[i] for i in e.refused])
-            metrics.JOBS_PUBLISHED.inc(len(jobs) - len(e.indexes))
-            log.warning(
-                "jobs_unconfirmed", extra={"jobs": len(e.indexes), "refused": len(e.refused)}
+            await session.publish(
+                [jobs_to_bytes(g) for g in groups], JOBS, self.config.confirm_timeout
             )
+        except Unconfirmed as e:
+            # Only a nacked message was surely never routed; one whose confirm did not come
+            # (or whose connection failed, which raises BrokerLost) keeps its claims until the
+            # lease runs out, so no second job can run beside one of them.
+            refused = [job for i in e.refused for job in groups[i]]
+            await asyncio.to_thread(self._release, refused)
+            unconfirmed = sum(len(groups[i]) for i in e.indexes)
+            metrics.JOBS_PUBLISHED.inc(len(jobs) - unconfirmed)
+            log.warning("jobs_unconfirmed", extra={"jobs": unconfirmed, "refused": len(refused)})
             return
         metrics.JOBS_PUBLISHED.inc(len(jobs))
 

@@ -4,8 +4,9 @@ One asyncio loop runs everything: the broker session, and (worker/windows.py) th
 pool and the HTTP client. Jobs that are ready are started in batches, up to ``worker_batch``
 or after a short linger; every window then runs as its own task, so a hanging endpoint delays
 no other window's outcome. Outcomes and checkpoints go out in confirmed bursts, one broker
-message each. A job message is settled (acked or requeued) in exactly one place, ``_settle``,
-and acked only once its outcome was confirmed.
+message each. A job message may carry several windows; it is settled (acked or requeued) in
+exactly one place, ``_settle``, once each of its windows is: acked when every outcome was
+confirmed, requeued if any window had to be given back.
 
 A window outlives a lost broker connection: its claim in the database, not the broker, says
 who may send. Its outcome goes out on the next session; its message went back to the queue
@@ -31,6 +32,7 @@ from apievents.common.messages import (
     MessageError,
     Outcome,
     Report,
+    parse_jobs,
     reports_to_bytes,
 )
 from apievents.common.settings import Settings
@@ -45,11 +47,20 @@ OpenWindows = Callable[[Settings, OnCheckpoint], Awaitable[Windows]]
 
 
 @dataclass(eq=False)
+class _Carrier:
+    """A job message and how many of its windows are not settled yet."""
+
+    message: Message
+    unsettled: int
+    requeue: bool = False
+
+
+@dataclass(eq=False)
 class _Job:
-    """A job message and, once started, its window's result."""
+    """One window of a job message and, once started, its result."""
 
     job: Job
-    message: Message
+    carrier: _Carrier
     result: asyncio.Future[Result] | None = None
 
 
@@ -117,15 +128,16 @@ class Worker:
 
     def _on_message(self, message: Message) -> None:
         try:
-            job = Job.from_bytes(message.body)
+            jobs = parse_jobs(message.body)
         except MessageError as e:
             log.error("job_unparseable", extra={"error": str(e)})
             message.session.reject(message)
             return
-        entry = _Job(job, message)
-        self._jobs.add(entry)
-        metrics.WINDOWS_IN_FLIGHT.inc()
-        self._ready.append(entry)
+        carrier = _Carrier(message, len(jobs))
+        entries = [_Job(job, carrier) for job in jobs]
+        self._jobs.update(entries)
+        metrics.WINDOWS_IN_FLIGHT.inc(len(entries))
+        self._ready += entries  # a message's windows always start in the same batch
         if len(self._ready) >= self.s.worker_batch:
             self._dispatch()
         elif self._linger is None:
@@ -236,15 +248,22 @@ class Worker:
                 self._settle(entry, how)
 
     def _settle(self, entry: _Job, how: Disposition | None) -> None:
-        """The one place a job message is settled: requeued, or acked (done, or stale)."""
+        """The one place a job message is settled, once all of its windows are: requeued if
+        any of them was given back (the others' claims then make them stale, or they run
+        again: at least once), else acked (done, or stale)."""
         if entry not in self._jobs:
             return
         self._jobs.discard(entry)
         metrics.WINDOWS_IN_FLIGHT.dec()
-        message = entry.message
+        carrier = entry.carrier
+        carrier.unsettled -= 1
+        carrier.requeue |= how is Disposition.REQUEUE
+        if carrier.unsettled:
+            return
+        message = carrier.message
         if message.session is not self.session:
             return  # its connection died: the broker requeued it already
-        if how is Disposition.REQUEUE:
+        if carrier.requeue:
             message.session.requeue(message)
         else:
             message.session.ack(message)
@@ -254,8 +273,8 @@ class Worker:
     async def _shut_down(self) -> None:
         """Let windows in flight finish within the shutdown timeout, then hand back the rest."""
         assert self.windows is not None
-        for entry in self._forget_ready():
-            entry.message.session.requeue(entry.message)
+        for carrier in {id(e.carrier): e.carrier for e in self._forget_ready()}.values():
+            carrier.message.session.requeue(carrier.message)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.s.shutdown_timeout
         while self._jobs and loop.time() < deadline:
@@ -292,9 +311,11 @@ def _done_fields(outcome: Outcome) -> dict[str, Any]:
 
 
 def prefetch(s: Settings) -> int:
-    """Jobs one worker holds: more than it POSTs at once, because a job stays unacked until
-    its outcome's confirm is back, and that wait must not idle the POST slots."""
-    return max(4 * s.worker_concurrency, s.worker_batch)
+    """Job messages one worker holds: more windows than it POSTs at once, because a job stays
+    unacked until its outcome's confirm is back, and that wait must not idle the POST slots.
+    At least one message per POST slot, in case each carries a single window."""
+    windows = max(4 * s.worker_concurrency, s.worker_batch)
+    return max(s.worker_concurrency, -(-windows // s.jobs_per_message))
 
 
 def build(settings: Settings, lifecycle: Lifecycle) -> Wired:

@@ -19,7 +19,7 @@ import kombu
 import pytest
 
 from apievents.common.lifecycle import Lifecycle
-from apievents.common.messages import Job, Outcome, new_id, parse_reports
+from apievents.common.messages import Job, Outcome, jobs_to_bytes, new_id, parse_jobs, parse_reports
 from apievents.common.settings import Settings
 from apievents.common.topology import Topology
 from apievents.worker.delivery import Disposition
@@ -34,9 +34,15 @@ URL = "memory://"
 class ScriptedWindows:
     """Each subscription's window ends as scripted: "ok", a Disposition, or after ``hold``."""
 
-    def __init__(self, results: dict[int, Any], hold: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        results: dict[int, Any],
+        hold: threading.Event | None = None,
+        held: set[int] | None = None,  # the subscriptions ``hold`` holds (default: all)
+    ) -> None:
         self.results = results
         self.hold = hold
+        self.held = held
         self.seen: list[int] = []
         self.batches: list[int] = []
         self.handed_back: list[int] = []
@@ -47,7 +53,8 @@ class ScriptedWindows:
 
     async def _run(self, job: Job) -> Result:
         self.seen.append(job.subscription)
-        while self.hold is not None and not self.hold.is_set():
+        held = self.held is None or job.subscription in self.held
+        while held and self.hold is not None and not self.hold.is_set():
             await asyncio.sleep(0.01)
         result = self.results[job.subscription]
         if result != "ok":
@@ -168,3 +175,36 @@ def test_shutdown_hands_back_windows_that_outlive_the_timeout(prefix: str, run_w
     assert windows.handed_back == [5]  # stepped down as holder: no POST is in flight
     wait_for(lambda: len(drain_queue(prefix, "jobs")) == 1, 5, "job handed back")
     assert drain_queue(prefix, "outcomes") == []
+
+
+def several(*subs: int) -> bytes:
+    return jobs_to_bytes([Job(new_id(), sub, T0, T0) for sub in subs])
+
+
+def test_a_message_of_several_windows_hands_on_each_outcome_and_is_acked_after_all(
+    prefix: str, run_worker: Any
+) -> None:
+    windows = ScriptedWindows({6: "ok", 7: "ok", 8: "ok"}, hold=threading.Event(), held={8})
+    lifecycle = run_worker(windows, shutdown_timeout=0.2)
+    publish(prefix, several(6, 7, 8))
+    bodies: list[bytes] = []
+
+    def handed_on() -> list[int]:
+        bodies.extend(drain_queue(prefix, "outcomes"))
+        return sorted(r.subscription for b in bodies for r in parse_reports(b))
+
+    wait_for(lambda: handed_on() == [6, 7], 5, "the outcomes of the windows that ended")
+    stop(lifecycle)  # 8 still runs: handed back, so its message goes back whole
+    assert windows.handed_back == [8]
+    back = drain_queue(prefix, "jobs")
+    assert [[j.subscription for j in parse_jobs(b)] for b in back] == [[6, 7, 8]]
+
+
+def test_a_window_given_back_requeues_its_message_once_the_others_end(
+    prefix: str, run_worker: Any
+) -> None:
+    windows = ScriptedWindows({9: "ok", 10: Disposition.REQUEUE})
+    run_worker(windows)
+    publish(prefix, several(9, 10))
+    wait_for(lambda: windows.seen.count(10) >= 2, 5, "redelivery after requeue")
+    assert windows.seen.count(9) >= 2  # the whole message again: at least once, never lost

@@ -385,7 +385,12 @@ ORDER BY watch_table, date_time_start, cursor_key IS NOT NULL DESC
 # one window must never run twice at once. A window resumes from the subscription's cursor,
 # which checkpoints may have moved past its start. The registry row comes along: it, not a
 # worker's cache, says which table a window reads (a name may be removed and registered again).
-_W_REGISTRY = ", ".join("w." + c.strip() for c in REGISTRY_COLUMNS.split(","))
+# The take-over returns each window's registry row with its JSON as text: workers build a
+# WatchTable once per distinct row (worker/takeover.py), not once per window.
+_JSON_COLUMNS = {"fields", "enums", "derived", "row_filter"}
+_REGISTRY_NAMES = [c.strip() for c in REGISTRY_COLUMNS.split(",")]
+_W_REGISTRY = ", ".join(f"w.{c}::text" if c in _JSON_COLUMNS else f"w.{c}" for c in _REGISTRY_NAMES)
+REGISTRY_JSON_AT = frozenset(i for i, c in enumerate(_REGISTRY_NAMES) if c in _JSON_COLUMNS)
 TAKE_OVER = f"""
 UPDATE apievents.subscription s
 SET claim_holder = c.holder, claim_expires_at = now() + %(lease)s * interval '1 second',

@@ -42,6 +42,7 @@ from apievents.worker.windows import DatabaseWindows, OnCheckpoint, Result, Wind
 
 log = logging.getLogger(__name__)
 CONFIRM_TIMEOUT = 10.0  # seconds to wait for the broker to confirm a burst of reports
+REPORT_LINGER = 0.01  # seconds a ready report waits for others to share its message
 
 OpenWindows = Callable[[Settings, OnCheckpoint], Awaitable[Windows]]
 
@@ -215,11 +216,12 @@ class Worker:
         self._flush()
 
     def _flush(self) -> None:
-        """Hand on what waits in one burst at the end of this loop pass. Bursts do not wait for
-        each other: each awaits its own confirm, so a slow confirm never holds up the next."""
+        """Hand on what waits in one burst, REPORT_LINGER after the first of it was ready (so
+        windows that end close together share a message). Bursts do not wait for each other:
+        each awaits its own confirm, so a slow confirm never holds up the next."""
         if not self._flush_due and self._outbox and self.session is not None:
             self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush_now)
+            asyncio.get_running_loop().call_later(REPORT_LINGER, self._flush_now)
 
     def _flush_now(self) -> None:
         self._flush_due = False

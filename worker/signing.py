@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Sequence
+from functools import lru_cache
 
 
 def message_id(subscription: int, body: bytes) -> str:
@@ -16,9 +17,14 @@ def message_id(subscription: int, body: bytes) -> str:
 
 def signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` with a ``whsec_`` secret."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return "v1," + base64.b64encode(hmac.digest(_key(secret), signed, "sha256")).decode()
+
+
+@lru_cache(maxsize=4096)
+def _key(secret: str) -> bytes:
+    """A secret's key bytes; secrets repeat every poll, so each is decoded once."""
+    return base64.b64decode(secret.removeprefix("whsec_"))
 
 
 def headers(

@@ -11,8 +11,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
+import orjson
 import psycopg
 
 from apievents.common import queries
@@ -81,9 +83,18 @@ def targets(
         job_id, start, cursor, seq, url, ck, ws, secret, previous = row[:9]
         job, holder = by_id[job_id]
         live = tuple(s for s in (secret, previous) if s)
-        wt = WatchTable.from_row(row[9:])
+        wt = _watch_table(tuple(row[9:]))
         found[job_id] = Target(job, holder, start, cursor, seq, url, ck, ws, live, wt)
     return found
+
+
+@lru_cache(maxsize=1024)
+def _watch_table(row: tuple[Any, ...]) -> WatchTable:
+    """A registry row whose JSON columns came as text (queries.TAKE_OVER): parsed once per
+    distinct row, so a changed registration is a new key, never a stale cached one."""
+    return WatchTable.from_row(
+        tuple(orjson.loads(v) if i in queries.REGISTRY_JSON_AT else v for i, v in enumerate(row))
+    )
 
 
 async def report_not_taken(conn: psycopg.AsyncConnection[Any], jobs: Sequence[Job]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -275,8 +276,13 @@ def _opt_str(d: dict[str, Any], key: str) -> str | None:
     return v
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
 def _uuid(d: dict[str, Any], key: str) -> str:
     v = d.get(key)
+    if isinstance(v, str) and _CANONICAL_UUID.match(v):
+        return v  # the form new_id writes: already what str(UUID(v)) would give
     try:
         return str(uuid.UUID(v))
     except (TypeError, ValueError, AttributeError):

@@ -62,7 +62,7 @@ class Target:
 
 def statement(jobs: Sequence[Job], lease: float) -> tuple[str, dict[str, Any], list[str]]:
     """The take-over of ``jobs``: the SQL, its parameters, and the new holder of each job."""
-    holders = [new_id() for _ in jobs]
+    holders = [new_id()] * len(jobs)  # fresh per take-over; with the job id it names a claim
     params = {
         "lease": lease,
         "nums": [j.subscription for j in jobs],

@@ -43,6 +43,9 @@ from apievents.producer.sources import Watcher
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL = 5.0  # seconds between lag measurements
+# After job messages were dead-lettered (a worker of an older version rejects messages of
+# several windows), one window a message for this long.
+SINGLE_FOR = 600.0
 PRUNE_INTERVAL = 60.0  # seconds between attempt-log prunes
 SOURCES_INTERVAL = 5.0  # seconds between looks for added or removed sources and WatchTables
 
@@ -102,6 +105,8 @@ class Producer:
         self._next_lag = 0.0
         self._next_prune = 0.0
         self._next_dead = 0.0
+        self._dead: int | None = None  # dead letters at the last look
+        self._single_until = 0.0
         self._next_sources = 0.0
         self.watchers: dict[str, Watcher] = {}
 
@@ -129,7 +134,7 @@ class Producer:
                     if from_source.due >= c.claim_batch:
                         claimed = from_source  # more are due now: do not idle
                 if time.monotonic() >= self._next_dead:
-                    metrics.DEAD_LETTERS.set(await session.dead_letters())
+                    self._dead_letters(await session.dead_letters())
                     self._next_dead = time.monotonic() + LAG_INTERVAL
                 if claimed.due < c.claim_batch:  # a full batch means more are due now
                     await self._idle(session)
@@ -245,7 +250,7 @@ class Producer:
         give back the claims of messages the broker refused."""
         if not jobs:
             return
-        n = self.config.jobs_per_message
+        n = self.config.jobs_per_message if time.monotonic() >= self._single_until else 1
         groups = [jobs[i : i + n] for i in range(0, len(jobs), n)]
         try:
             await session.publish(
@@ -262,6 +267,19 @@ class Producer:
             log.warning("jobs_unconfirmed", extra={"jobs": unconfirmed, "refused": len(refused)})
             return
         metrics.JOBS_PUBLISHED.inc(len(jobs))
+
+    def _dead_letters(self, dead: int) -> None:
+        """Watch the dead letters: if they grew while messages carried several windows, a
+        worker may be of a version that reads only one (a producer upgraded first). Its
+        rejected windows are issued again when their leases run out; until then and for
+        SINGLE_FOR, every message carries one window, which every worker reads."""
+        metrics.DEAD_LETTERS.set(dead)
+        grew = self._dead is not None and dead > self._dead
+        self._dead = dead
+        if grew and self.config.jobs_per_message > 1:
+            if time.monotonic() >= self._single_until:
+                log.warning("jobs_dead_lettered_sending_one_window_a_message", extra={"dead": dead})
+            self._single_until = time.monotonic() + SINGLE_FOR
 
     def _release(self, jobs: list[Job]) -> None:
         if not jobs:

@@ -80,6 +80,8 @@ class Worker:
         self.windows: Windows | None = None  # made on the service's own loop
         self.session: Session | None = None
         self._ready: list[_Job] = []
+        self._running = 0  # windows started (taken over) and not finished
+        self._job_ids: set[str] = set()  # of every window not yet settled
         self._linger: asyncio.TimerHandle | None = None
         self._jobs: set[_Job] = set()  # every job message not yet settled
         self._outbox: list[tuple[Report, _Job | None]] = []
@@ -134,9 +136,15 @@ class Worker:
             log.error("job_unparseable", extra={"error": str(e)})
             message.session.reject(message)
             return
-        carrier = _Carrier(message, len(jobs))
-        entries = [_Job(job, carrier) for job in jobs]
+        # A job this worker already runs (a message that repeats one) is never run twice.
+        fresh = {j.job_id: j for j in jobs if j.job_id not in self._job_ids}
+        if not fresh:
+            message.session.ack(message)
+            return
+        carrier = _Carrier(message, len(fresh))
+        entries = [_Job(job, carrier) for job in fresh.values()]
         self._jobs.update(entries)
+        self._job_ids.update(fresh)
         metrics.WINDOWS_IN_FLIGHT.inc(len(entries))
         self._ready += entries  # a message's windows always start in the same batch
         if len(self._ready) >= self.s.worker_batch:
@@ -153,14 +161,31 @@ class Worker:
         ready, self._ready = self._ready, []
         for entry in ready:
             self._jobs.discard(entry)
+            self._job_ids.discard(entry.job.job_id)
             metrics.WINDOWS_IN_FLIGHT.dec()
         return ready
 
     def _dispatch(self) -> None:
+        """Start the ready windows, whole messages at a time, while fewer than four POST slots'
+        worth run: a window's lease starts at its take-over, so windows beyond that wait here,
+        unclaimed, not for a POST slot (a message may carry many windows)."""
         self._linger = None
-        batch, self._ready = self._ready, []
-        if batch:
-            self._spawn(self._start(batch))
+        room = 4 * self.s.worker_concurrency - self._running
+        n = 0
+        while n < len(self._ready) and (n == 0 or n < room):
+            carrier = self._ready[n].carrier
+            while n < len(self._ready) and self._ready[n].carrier is carrier:
+                n += 1
+        if room <= 0 or not n:
+            return  # a window that finishes dispatches again
+        batch, self._ready = self._ready[:n], self._ready[n:]
+        self._running += n
+        self._spawn(self._start(batch))
+
+    def _finished(self, n: int) -> None:
+        self._running -= n
+        if self._ready and self._linger is None:
+            self._linger = asyncio.get_running_loop().call_soon(self._dispatch)  # type: ignore[assignment]
 
     async def _start(self, batch: list[_Job]) -> None:
         assert self.windows is not None
@@ -171,11 +196,13 @@ class Worker:
             await asyncio.sleep(1.0)
             for entry in batch:
                 self._settle(entry, Disposition.REQUEUE)
+            self._finished(len(batch))
             return
         except Exception:  # contained: never a requeue loop. The claims' leases run out and
             log.exception("batch_failed", extra={"jobs": len(batch)})  # the producer re-issues
             for entry in batch:
                 self._settle(entry, Disposition.STALE)
+            self._finished(len(batch))
             return
         late = []
         for entry in batch:
@@ -186,6 +213,7 @@ class Worker:
                 continue
             entry.result.add_done_callback(lambda f, e=entry: self._window_done(e, f))  # type: ignore[misc]
         if late:
+            self._finished(len(late))
             await asyncio.gather(*(results[j.job_id] for j in late), return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self.windows.hand_back(late)
@@ -199,6 +227,7 @@ class Worker:
     # -- finishing jobs ------------------------------------------------------------------------
 
     def _window_done(self, entry: _Job, result: asyncio.Future[Result]) -> None:
+        self._finished(1)
         if result.cancelled():
             return  # handed back by _shut_down
         outcome = result.result()
@@ -256,6 +285,7 @@ class Worker:
         if entry not in self._jobs:
             return
         self._jobs.discard(entry)
+        self._job_ids.discard(entry.job.job_id)
         metrics.WINDOWS_IN_FLIGHT.dec()
         carrier = entry.carrier
         carrier.unsettled -= 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -15,6 +17,7 @@ from apievents.producer.claim import claim_due
 from apievents.worker import reads
 from tests.integration.conftest import caught_up, date_time_start, insert_appointments, subscribe
 from tests.integration.test_broker import publish
+from tests.integration.test_single_flight import queued
 from tests.support import wait_for
 from tests.support.receiver import Receiver, sleep_then
 from tests.support.services import Pipeline, fast_settings
@@ -187,3 +190,67 @@ def test_the_producer_packs_jobs_into_messages_and_one_a_message_in_the_old_form
     assert [len(parse_jobs(b)) for b in bodies] == ([1] * 10 if per_message == 1 else [4, 4, 2])
     if per_message == 1:
         assert sorted(Job.from_bytes(b).subscription for b in bodies) == nums
+
+
+def test_a_producer_next_to_workers_that_read_one_window_a_message_falls_back_to_that(
+    conn: psycopg.Connection[Any],
+    database_url: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A producer upgraded before its workers: they dead-letter messages of several windows.
+    The producer sees the dead letters grow and sends one window a message, and the rejected
+    windows are issued again, one a message, when their leases run out."""
+    import threading
+
+    import kombu
+
+    from apievents.common.messages import Job, MessageError
+    from apievents.producer import service as producer_service
+    from tests.support.services import BROKER_URL
+
+    monkeypatch.setattr(producer_service, "LAG_INTERVAL", 0.2)  # how often it looks
+    caplog.set_level(logging.WARNING)
+    pipeline = Pipeline(fast_settings(database_url, prefix, lease_seconds=4))
+    pipeline.start("producer")
+    singles: set[int] = set()
+    rejected: list[bytes] = []
+    done = threading.Event()
+
+    def older_worker() -> None:  # reads one job a message, as workers did before
+        def on_message(body: Any, message: Any) -> None:
+            try:
+                singles.add(Job.from_bytes(message.body).subscription)
+                message.ack()
+            except MessageError:
+                rejected.append(message.body)
+                message.reject()  # dead-lettered
+
+        with kombu.Connection(BROKER_URL) as c:
+            queue = kombu.Queue(f"{prefix}.jobs", no_declare=True)
+            with c.Consumer(queue, callbacks=[on_message], accept=None):
+                while not done.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        c.drain_events(timeout=0.1)
+
+    def declared() -> bool:
+        try:
+            return queued(prefix) == 0
+        except Exception:  # not declared yet
+            return False
+
+    wait_for(declared, 10, "the producer's topology")
+    time.sleep(0.5)  # its first look at the dead letters
+    thread = threading.Thread(target=older_worker, daemon=True)
+    thread.start()
+    try:
+        nums = [subscribe(conn, f"http://127.0.0.1:9/{i}") for i in range(6)]
+        insert_appointments(conn, 1)
+        wait_for(lambda: rejected, 10, "a message of several windows dead-lettered")
+        wait_for(lambda: singles == set(nums), 30, "every window again, one a message")
+    finally:
+        done.set()
+        thread.join(10)
+        pipeline.stop_all()
+    assert any("dead_lettered" in r.getMessage() for r in caplog.records)

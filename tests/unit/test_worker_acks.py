@@ -25,7 +25,7 @@ from apievents.common.topology import Topology
 from apievents.worker.delivery import Disposition
 from apievents.worker.service import Worker
 from apievents.worker.windows import Result
-from tests.support import wait_for
+from tests.support import stays, wait_for
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 URL = "memory://"
@@ -208,3 +208,28 @@ def test_a_window_given_back_requeues_its_message_once_the_others_end(
     publish(prefix, several(9, 10))
     wait_for(lambda: windows.seen.count(10) >= 2, 5, "redelivery after requeue")
     assert windows.seen.count(9) >= 2  # the whole message again: at least once, never lost
+
+
+def test_a_job_repeated_in_a_message_runs_once(prefix: str, run_worker: Any) -> None:
+    windows = ScriptedWindows({11: "ok"})
+    run_worker(windows)
+    again = Job(new_id(), 11, T0, T0)
+    publish(prefix, jobs_to_bytes([again, again]))
+    wait_for(lambda: drain_queue(prefix, "outcomes"), 5, "the outcome")
+    assert windows.seen == [11]
+    assert drain_queue(prefix, "jobs") == []
+
+
+def test_windows_beyond_four_post_slots_wait_unclaimed_in_whole_messages(
+    prefix: str, run_worker: Any
+) -> None:
+    subs = list(range(20, 30))
+    windows = ScriptedWindows(dict.fromkeys(subs, "ok"), hold=threading.Event())
+    run_worker(windows, worker_concurrency=1, worker_linger_seconds=0.05)
+    for pair in zip(subs[::2], subs[1::2], strict=True):
+        publish(prefix, several(*pair))
+    wait_for(lambda: len(windows.seen) == 4, 5, "four windows taken over")
+    stays(lambda: len(windows.seen) == 4, 0.5, "the others wait, unclaimed")
+    assert windows.hold is not None
+    windows.hold.set()
+    wait_for(lambda: sorted(windows.seen) == subs, 5, "every window, in the end")

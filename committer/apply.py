@@ -43,8 +43,8 @@ def apply_batch(
         cursors = {id(r): conn.execute(*_statement(r, policy, disable_after)) for r in others}
         released = conn.execute(queries.RELEASE_REVOKED, _claims(finals))
         attempts = _attempts(reports)
-        if attempts["nums"]:  # the POSTs happened whatever became of the report
-            conn.execute(queries.RECORD_ATTEMPTS, attempts)
+        if attempts:  # the POSTs happened whatever became of the report
+            conn.execute(queries.RECORD_ATTEMPTS, {"attempts": queries.rows(attempts)})
     done = {tuple(row) for row in advanced.fetchall()}
     revoked = {tuple(row) for row in released.fetchall()}
     results = []
@@ -65,39 +65,40 @@ def _claim(r: Report) -> Claim:
     return (r.subscription, r.job_id, r.holder)
 
 
-def _claims(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
+def _claims(outcomes: Sequence[Outcome]) -> dict[str, str]:
     return {
-        "nums": [o.subscription for o in outcomes],
-        "jobs": [o.job_id for o in outcomes],
-        "holders": [o.holder for o in outcomes],
+        "claims": queries.rows(
+            [{"num": o.subscription, "job": o.job_id, "holder": o.holder} for o in outcomes]
+        )
     }
 
 
-def _successes(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
-    return _claims(outcomes) | {
-        "ends": [o.window_end for o in outcomes],
-        "statuses": [o.http_status for o in outcomes],
+def _successes(outcomes: Sequence[Outcome]) -> dict[str, str]:
+    return {
+        "outcomes": queries.rows(
+            [
+                {
+                    "num": o.subscription,
+                    "job": o.job_id,
+                    "holder": o.holder,
+                    "window_end": o.window_end,
+                    "http_status": o.http_status,
+                }
+                for o in outcomes
+            ]
+        )
     }
 
 
-def _attempts(reports: Sequence[Report]) -> dict[str, list[Any]]:
-    columns: dict[str, list[Any]] = {
-        k: [] for k in ("nums", "starts", "ends", "batches", "rows", "statuses", "latencies")
-    }
-    columns["classes"] = []
+def _attempts(reports: Sequence[Report]) -> list[dict[str, Any]]:
+    """The attempt-log rows of the reports (each attempt's own fields, and its window)."""
+    found = []
     for r in reports:
         if r.window_start is None or r.window_end is None:
             continue  # a checkpoint from before checkpoints carried their attempts
-        for a in r.attempts:
-            columns["nums"].append(r.subscription)
-            columns["starts"].append(r.window_start)
-            columns["ends"].append(r.window_end)
-            columns["batches"].append(a["batch"])
-            columns["rows"].append(a["rows"])
-            columns["statuses"].append(a["http_status"])
-            columns["latencies"].append(a["latency_ms"])
-            columns["classes"].append(a["error_class"])
-    return columns
+        window = {"num": r.subscription, "window_start": r.window_start, "window_end": r.window_end}
+        found += [window | a for a in r.attempts]
+    return found
 
 
 def _statement(r: Report, policy: RetryPolicy, disable_after: float) -> tuple[str, dict[str, Any]]:

@@ -3,11 +3,24 @@
 These are the statements on apievents' own state. What reads a watched table is composed
 from the WatchTable registry: common/queries_pg.py for PostgreSQL, common/queries_mysql.py for
 MariaDB/MySQL sources. Values are always parameters.
+
+A statement about many windows at once takes them as one JSON array of objects
+(``jsonb_to_recordset``, parameter built by ``rows``): encoding it with orjson costs a tenth
+of what binding one array per column does in psycopg, on the paths that run once per window.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from psycopg import sql
+
+
+def rows(objects: list[dict[str, Any]]) -> str:
+    """A ``jsonb_to_recordset`` parameter: the objects as a JSON array."""
+    return orjson.dumps(objects).decode()
+
 
 PING = "SELECT 1"
 
@@ -353,8 +366,7 @@ UPDATE apievents.subscription s
 SET claim_job = c.job, claim_holder = NULL, claimed_at = now(), claim_window_end = c.window_end,
     claim_expires_at = now() + %(lease)s * interval '1 second', claim_seq = 0,
     claim_revoked = false
-FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[], %(ends)s::timestamptz[])
-    AS c(num, job, window_end)
+FROM jsonb_to_recordset(%(claims)s::jsonb) AS c(num bigint, job uuid, window_end timestamptz)
 WHERE s.subscription_num = c.num
 """
 
@@ -395,7 +407,7 @@ TAKE_OVER = f"""
 UPDATE apievents.subscription s
 SET claim_holder = c.holder, claim_expires_at = now() + %(lease)s * interval '1 second',
     last_attempt_at = now()
-FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[], %(holders)s::uuid[]) AS c(num, job, holder),
+FROM jsonb_to_recordset(%(windows)s::jsonb) AS c(num bigint, job uuid, holder uuid),
      apievents.watch_table w
 WHERE s.subscription_num = c.num AND s.claim_job = c.job AND s.status = 'active'
   AND NOT s.claim_revoked AND (s.claim_holder IS NULL OR s.claim_expires_at <= now())
@@ -434,9 +446,9 @@ WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(ho
 RECORD_ATTEMPTS = """
 INSERT INTO apievents.attempt (subscription_num, window_start, window_end, batch, rows,
                                http_status, latency_ms, error_class)
-SELECT * FROM unnest(%(nums)s::bigint[], %(starts)s::timestamptz[], %(ends)s::timestamptz[],
-                     %(batches)s::int[], %(rows)s::int[], %(statuses)s::int[],
-                     %(latencies)s::int[], %(classes)s::text[])
+SELECT * FROM jsonb_to_recordset(%(attempts)s::jsonb)
+    AS a(num bigint, window_start timestamptz, window_end timestamptz, batch int, rows int,
+         http_status int, latency_ms int, error_class text)
 """
 
 
@@ -457,9 +469,8 @@ SET date_time_start = o.window_end, cursor_key = NULL,
     consecutive_failures = 0, last_error = NULL, last_error_class = NULL,
     last_http_status = o.http_status,
     failing_since = NULL, last_success_at = now(), {_RELEASE}
-FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[], %(holders)s::uuid[],
-            %(ends)s::timestamptz[], %(statuses)s::int[])
-    AS o(num, job, holder, window_end, http_status)
+FROM jsonb_to_recordset(%(outcomes)s::jsonb)
+    AS o(num bigint, job uuid, holder uuid, window_end timestamptz, http_status int)
 WHERE s.subscription_num = o.num AND s.claim_job = o.job AND s.claim_holder = o.holder
   AND NOT s.claim_revoked
 RETURNING o.num, o.job::text, o.holder::text
@@ -508,7 +519,7 @@ WHERE {_HOLDER}
 # never touch the watermark; the subscription is due again at once, from DateTimeStart.
 RELEASE_REVOKED = f"""
 UPDATE apievents.subscription s SET next_attempt_at = now(), {_RELEASE}
-FROM unnest(%(nums)s::bigint[], %(jobs)s::uuid[], %(holders)s::uuid[]) AS o(num, job, holder)
+FROM jsonb_to_recordset(%(claims)s::jsonb) AS o(num bigint, job uuid, holder uuid)
 WHERE s.subscription_num = o.num AND s.claim_job = o.job AND s.claim_holder = o.holder
   AND s.claim_revoked
 RETURNING o.num, o.job::text, o.holder::text

@@ -84,9 +84,12 @@ def claim_due(
                 queries.CLAIM,
                 {
                     "lease": lease_seconds,
-                    "nums": [j.subscription for j in jobs],
-                    "jobs": [j.job_id for j in jobs],
-                    "ends": [j.window_end for j in jobs],
+                    "claims": queries.rows(
+                        [
+                            {"num": j.subscription, "job": j.job_id, "window_end": j.window_end}
+                            for j in jobs
+                        ]
+                    ),
                 },
             )
     return Claimed(len(due), jobs, horizon)

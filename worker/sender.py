@@ -220,7 +220,7 @@ async def _read_some(resp: aiohttp.ClientResponse) -> None:
     seen = 0
     while seen < MAX_RESPONSE_BYTES:
         chunk = await resp.content.read(MAX_RESPONSE_BYTES - seen)
-        if not chunk:
+        if not chunk or resp.content.at_eof():
             return
         seen += len(chunk)
     resp.close()

@@ -62,13 +62,10 @@ class Target:
 
 def statement(jobs: Sequence[Job], lease: float) -> tuple[str, dict[str, Any], list[str]]:
     """The take-over of ``jobs``: the SQL, its parameters, and the new holder of each job."""
-    holders = [new_id()] * len(jobs)  # fresh per take-over; with the job id it names a claim
-    params = {
-        "lease": lease,
-        "nums": [j.subscription for j in jobs],
-        "jobs": [j.job_id for j in jobs],
-        "holders": holders,
-    }
+    holder = new_id()  # fresh per take-over; with the job id it names a claim
+    holders = [holder] * len(jobs)
+    windows = [{"num": j.subscription, "job": j.job_id, "holder": holder} for j in jobs]
+    params = {"lease": lease, "windows": queries.rows(windows)}
     return queries.TAKE_OVER, params, holders
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,12 @@ from apievents.worker.takeover import Target
 
 log = logging.getLogger(__name__)
 FRESH_LEASE = 0.5  # seconds a take-over's lease covers the first POST without an extension
+
+
+@functools.cache
+def _delivered(outcome: str) -> Any:
+    """The DELIVERIES counter of one outcome (a handful of values), looked up once."""
+    return metrics.DELIVERIES.labels(outcome)
 
 
 class Disposition(enum.Enum):
@@ -169,7 +176,7 @@ class _Window:
         except asyncio.CancelledError:  # shutdown, mid-POST: the receiver may still be
             self.ctx.interrupted.add(self.t.job.job_id)  # reading it (see hand_back)
             raise
-        metrics.DELIVERIES.labels(answer.outcome).inc()
+        _delivered(answer.outcome).inc()
         metrics.DELIVERY_DURATION.observe(answer.seconds)
         self.attempts.append(
             {

@@ -35,7 +35,7 @@ from apievents.common.logs import error_text
 from apievents.common.messages import Job, jobs_to_bytes
 from apievents.common.mysql_horizon import BlindSource, Reading
 from apievents.common.settings import Settings
-from apievents.common.topology import JOBS
+from apievents.common.topology import DEAD_LETTER_CAP, JOBS
 from apievents.common.watermark import Horizon
 from apievents.producer.claim import Claimed, claim_due, release
 from apievents.producer.lag import largest_lag
@@ -274,7 +274,8 @@ class Producer:
         rejected windows are issued again when their leases run out; until then and for
         SINGLE_FOR, every message carries one window, which every worker reads."""
         metrics.DEAD_LETTERS.set(dead)
-        grew = self._dead is not None and dead > self._dead
+        # At its cap the queue drops its oldest letter for each new one, and stops growing.
+        grew = self._dead is not None and (dead > self._dead or dead >= DEAD_LETTER_CAP)
         self._dead = dead
         if grew and self.config.jobs_per_message > 1:
             if time.monotonic() >= self._single_until:

@@ -167,8 +167,8 @@ class Worker:
 
     def _dispatch(self) -> None:
         """Start the ready windows, whole messages at a time, while fewer than four POST slots'
-        worth run: a window's lease starts at its take-over, so windows beyond that wait here,
-        unclaimed, not for a POST slot (a message may carry many windows)."""
+        worth run; the rest wait here, not yet taken over, for windows to finish. (Prefetch
+        keeps them few: while they wait, only the lease the producer set runs for them.)"""
         self._linger = None
         room = 4 * self.s.worker_concurrency - self._running
         n = 0
@@ -343,11 +343,12 @@ def _done_fields(outcome: Outcome) -> dict[str, Any]:
 
 
 def prefetch(s: Settings) -> int:
-    """Job messages one worker holds: more windows than it POSTs at once, because a job stays
-    unacked until its outcome's confirm is back, and that wait must not idle the POST slots.
-    At least one message per POST slot, in case each carries a single window."""
+    """Job messages one worker holds: about four POST slots' worth of windows when messages
+    are full, because a job stays unacked until its outcome's confirm is back, and that wait
+    must not idle the POST slots. At least a quarter of the slots in messages, for when each
+    carries a single window (light load, or a producer sending one window a message)."""
     windows = max(4 * s.worker_concurrency, s.worker_batch)
-    return max(s.worker_concurrency, -(-windows // s.jobs_per_message))
+    return max(-(-s.worker_concurrency // 4), -(-windows // s.jobs_per_message))
 
 
 def build(settings: Settings, lifecycle: Lifecycle) -> Wired:

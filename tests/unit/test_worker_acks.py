@@ -220,7 +220,7 @@ def test_a_job_repeated_in_a_message_runs_once(prefix: str, run_worker: Any) -> 
     assert drain_queue(prefix, "jobs") == []
 
 
-def test_windows_beyond_four_post_slots_wait_unclaimed_in_whole_messages(
+def test_windows_beyond_four_post_slots_wait_untaken_in_whole_messages(
     prefix: str, run_worker: Any
 ) -> None:
     subs = list(range(20, 30))
@@ -229,7 +229,7 @@ def test_windows_beyond_four_post_slots_wait_unclaimed_in_whole_messages(
     for pair in zip(subs[::2], subs[1::2], strict=True):
         publish(prefix, several(*pair))
     wait_for(lambda: len(windows.seen) == 4, 5, "four windows taken over")
-    stays(lambda: len(windows.seen) == 4, 0.5, "the others wait, unclaimed")
+    stays(lambda: len(windows.seen) == 4, 0.5, "the others wait, not taken over")
     assert windows.hold is not None
     windows.hold.set()
     wait_for(lambda: sorted(windows.seen) == subs, 5, "every window, in the end")

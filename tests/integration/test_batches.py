@@ -64,10 +64,14 @@ def test_a_shared_read_gives_each_window_exactly_its_own_rows(
     receiver: Receiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from apievents.common.messages import jobs_to_bytes
+
     keys = insert_appointments(conn, 10, one_transaction=False)  # ten distinct DateTStamps
     third = stamps(conn, keys)[2]
     behind = subscribe(conn, receiver.url("/behind"), date_time_start="2020-01-01T00:00:00Z")
     ahead = subscribe(conn, receiver.url("/ahead"), date_time_start=third.isoformat())
+    jobs = claim_due(conn, 10, 60, timedelta(0)).jobs  # both windows, issued together
+    assert sorted(j.subscription for j in jobs) == [behind, ahead]
     splits: list[set[int]] = []
     real = reads.split
 
@@ -76,8 +80,11 @@ def test_a_shared_read_gives_each_window_exactly_its_own_rows(
         return real(read, found, limit)
 
     monkeypatch.setattr(reads, "split", watched)
-    p = Pipeline(fast_settings(database_url, prefix, worker_linger_seconds=0.3)).start_all()
+    p = Pipeline(fast_settings(database_url, prefix, worker_linger_seconds=0.3))
+    p.start("worker")
+    p.start("committer")
     try:
+        publish(prefix, [jobs_to_bytes(jobs)], JOBS)  # one message: one batch
         wait_for(lambda: caught_up(conn, behind, keys) and caught_up(conn, ahead, keys), 30)
     finally:
         p.stop_all()
@@ -245,8 +252,12 @@ def test_a_producer_next_to_workers_that_read_one_window_a_message_falls_back_to
     thread = threading.Thread(target=older_worker, daemon=True)
     thread.start()
     try:
-        nums = [subscribe(conn, f"http://127.0.0.1:9/{i}") for i in range(6)]
         insert_appointments(conn, 1)
+        with conn.transaction():  # due together, with rows to send: one message of six
+            nums = [
+                subscribe(conn, f"http://127.0.0.1:9/{i}", date_time_start="2020-01-01T00:00:00Z")
+                for i in range(6)
+            ]
         wait_for(lambda: rejected, 10, "a message of several windows dead-lettered")
         wait_for(lambda: singles == set(nums), 30, "every window again, one a message")
     finally:

@@ -65,25 +65,19 @@ def _claim(r: Report) -> Claim:
     return (r.subscription, r.job_id, r.holder)
 
 
+def _claim_row(o: Outcome) -> dict[str, Any]:
+    return {"num": o.subscription, "job": o.job_id, "holder": o.holder}
+
+
 def _claims(outcomes: Sequence[Outcome]) -> dict[str, str]:
-    return {
-        "claims": queries.rows(
-            [{"num": o.subscription, "job": o.job_id, "holder": o.holder} for o in outcomes]
-        )
-    }
+    return {"claims": queries.rows([_claim_row(o) for o in outcomes])}
 
 
 def _successes(outcomes: Sequence[Outcome]) -> dict[str, str]:
     return {
         "outcomes": queries.rows(
             [
-                {
-                    "num": o.subscription,
-                    "job": o.job_id,
-                    "holder": o.holder,
-                    "window_end": o.window_end,
-                    "http_status": o.http_status,
-                }
+                _claim_row(o) | {"window_end": o.window_end, "http_status": o.http_status}
                 for o in outcomes
             ]
         )

@@ -82,7 +82,7 @@ class Worker:
         self._ready: list[_Job] = []
         self._running = 0  # windows started (taken over) and not finished
         self._job_ids: set[str] = set()  # of every window not yet settled
-        self._linger: asyncio.TimerHandle | None = None
+        self._linger: asyncio.Handle | None = None  # a dispatch that is due
         self._jobs: set[_Job] = set()  # every job message not yet settled
         self._outbox: list[tuple[Report, _Job | None]] = []
         self._flush_due = False
@@ -185,7 +185,7 @@ class Worker:
     def _finished(self, n: int) -> None:
         self._running -= n
         if self._ready and self._linger is None:
-            self._linger = asyncio.get_running_loop().call_soon(self._dispatch)  # type: ignore[assignment]
+            self._linger = asyncio.get_running_loop().call_soon(self._dispatch)
 
     async def _start(self, batch: list[_Job]) -> None:
         assert self.windows is not None

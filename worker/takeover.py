@@ -60,25 +60,23 @@ class Target:
         return {"num": self.job.subscription, "job": self.job.job_id, "holder": self.holder}
 
 
-def statement(jobs: Sequence[Job], lease: float) -> tuple[str, dict[str, Any], list[str]]:
-    """The take-over of ``jobs``: the SQL, its parameters, and the new holder of each job."""
-    holder = new_id()  # fresh per take-over; with the job id it names a claim
-    holders = [holder] * len(jobs)
+def statement(jobs: Sequence[Job], lease: float) -> tuple[str, dict[str, Any], str]:
+    """The take-over of ``jobs``: the SQL, its parameters, and the new holder of every job
+    (fresh per take-over; with the job id it names a claim)."""
+    holder = new_id()
     windows = [{"num": j.subscription, "job": j.job_id, "holder": holder} for j in jobs]
     params = {"lease": lease, "windows": queries.rows(windows)}
-    return queries.TAKE_OVER, params, holders
+    return queries.TAKE_OVER, params, holder
 
 
-def targets(
-    rows: Sequence[Sequence[Any]], jobs: Sequence[Job], holders: Sequence[str]
-) -> dict[str, Target]:
+def targets(rows: Sequence[Sequence[Any]], jobs: Sequence[Job], holder: str) -> dict[str, Target]:
     """The taken-over windows by job id, from the take-over's rows (which carry the registry
     row of each window's WatchTable)."""
-    by_id = {j.job_id: (j, h) for j, h in zip(jobs, holders, strict=True)}
+    by_id = {j.job_id: j for j in jobs}
     found = {}
     for row in rows:
         job_id, start, cursor, seq, url, ck, ws, secret, previous = row[:9]
-        job, holder = by_id[job_id]
+        job = by_id[job_id]
         live = tuple(s for s in (secret, previous) if s)
         wt = _watch_table(tuple(row[9:]))
         found[job_id] = Target(job, holder, start, cursor, seq, url, ck, ws, live, wt)

@@ -130,7 +130,7 @@ class DatabaseWindows:
     async def _take_over(
         self, jobs: Sequence[Job], tables: dict[str, WatchTable]
     ) -> tuple[dict[str, Target], dict[str, FirstPage]]:
-        sql, params, holders = takeover.statement(jobs, self.s.lease_seconds)
+        sql, params, holder = takeover.statement(jobs, self.s.lease_seconds)
         shared = reads.shared_reads(jobs, tables)
         limit = self.s.batch_size
         async with self.pool.connection() as conn:
@@ -156,7 +156,7 @@ class DatabaseWindows:
                     log.exception(  # only the shared read: its windows read their own pages
                         "shared_read_unusable", extra={"watch_table": read.watch_table.name}
                     )
-        found_targets = takeover.targets(rows, jobs, holders)
+        found_targets = takeover.targets(rows, jobs, holder)
         for job_id, target in found_targets.items():
             if tables.get(target.watch_table.name) != target.watch_table:
                 firsts.pop(job_id, None)  # read from a stale definition: the window reads anew

@@ -118,23 +118,17 @@ def test_a_hanging_endpoint_in_a_batch_delays_no_other_window(
         p.stop_all()
 
 
-def test_the_producer_claims_and_publishes_10000_due_subscriptions_in_one_tick(
-    conn: psycopg.Connection[Any], database_url: str, prefix: str
-) -> None:
+def one_producer_tick(database_url: str, prefix: str, **settings: Any) -> int:
+    """One tick of a producer, and the publishing of its jobs; how many jobs it issued."""
+    import asyncio
+
     from apievents.common import broker, db
     from apievents.common.lifecycle import Lifecycle
     from apievents.producer.service import Producer, ProducerConfig
 
-    conn.execute(
-        "INSERT INTO apievents.subscription (endpoint_url, watch_table, polling_seconds, "
-        "date_time_start, secret) SELECT 'http://127.0.0.1:9/' || g, 'Appointment', 1, "
-        "now() - interval '1 minute', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' "
-        "FROM generate_series(1, 10000) g"
-    )
-    insert_appointments(conn, 1)
-    config = ProducerConfig.from_settings(fast_settings(database_url, prefix))
+    config = ProducerConfig.from_settings(fast_settings(database_url, prefix, **settings))
 
-    async def one_tick(producer: Producer) -> int:
+    async def tick(producer: Producer) -> int:
         session = await broker.connect(config.broker_url, prefix)
         try:
             claimed = producer.tick()
@@ -143,19 +137,37 @@ def test_the_producer_claims_and_publishes_10000_due_subscriptions_in_one_tick(
         finally:
             await session.close()
 
-    import asyncio
-
     with db.pool(database_url, 2, "test-producer") as pool:
-        assert asyncio.run(one_tick(Producer(config, pool, Lifecycle()))) == 10_000
+        return asyncio.run(tick(Producer(config, pool, Lifecycle())))
+
+
+def queued_bodies(prefix: str) -> list[bytes]:
+    """Every message waiting in the jobs queue, taken off it."""
     import kombu
 
-    from apievents.common.messages import parse_jobs
     from tests.support.services import BROKER_URL
 
-    subs: list[int] = []
+    bodies = []
     with kombu.Connection(BROKER_URL) as c:
         while (message := c.default_channel.basic_get(f"{prefix}.jobs", no_ack=True)) is not None:
-            subs += [j.subscription for j in parse_jobs(message.body)]
+            bodies.append(message.body)
+    return bodies
+
+
+def test_the_producer_claims_and_publishes_10000_due_subscriptions_in_one_tick(
+    conn: psycopg.Connection[Any], database_url: str, prefix: str
+) -> None:
+    from apievents.common.messages import parse_jobs
+
+    conn.execute(
+        "INSERT INTO apievents.subscription (endpoint_url, watch_table, polling_seconds, "
+        "date_time_start, secret) SELECT 'http://127.0.0.1:9/' || g, 'Appointment', 1, "
+        "now() - interval '1 minute', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' "
+        "FROM generate_series(1, 10000) g"
+    )
+    insert_appointments(conn, 1)
+    assert one_producer_tick(database_url, prefix) == 10_000
+    subs = [j.subscription for b in queued_bodies(prefix) for j in parse_jobs(b)]
     assert len(set(subs)) == len(subs) == 10_000
 
 
@@ -165,34 +177,12 @@ def test_the_producer_packs_jobs_into_messages_and_one_a_message_in_the_old_form
 ) -> None:
     """With APIEVENTS_JOBS_PER_MESSAGE=1 every message is a single job, which workers of a
     version before several-job messages read: the setting for a rolling upgrade."""
-    import asyncio
-
-    import kombu
-
-    from apievents.common import broker, db
-    from apievents.common.lifecycle import Lifecycle
     from apievents.common.messages import Job, parse_jobs
-    from apievents.producer.service import Producer, ProducerConfig
-    from tests.support.services import BROKER_URL
 
     nums = [subscribe(conn, f"http://127.0.0.1:9/{i}") for i in range(10)]
     insert_appointments(conn, 1)
-    settings = fast_settings(database_url, prefix, jobs_per_message=per_message)
-    config = ProducerConfig.from_settings(settings)
-
-    async def one_tick(producer: Producer) -> None:
-        session = await broker.connect(config.broker_url, prefix)
-        try:
-            await producer.publish(session, producer.tick().jobs)
-        finally:
-            await session.close()
-
-    with db.pool(database_url, 2, "test-producer") as pool:
-        asyncio.run(one_tick(Producer(config, pool, Lifecycle())))
-    bodies = []
-    with kombu.Connection(BROKER_URL) as c:
-        while (message := c.default_channel.basic_get(f"{prefix}.jobs", no_ack=True)) is not None:
-            bodies.append(message.body)
+    assert one_producer_tick(database_url, prefix, jobs_per_message=per_message) == 10
+    bodies = queued_bodies(prefix)
     assert sorted(j.subscription for b in bodies for j in parse_jobs(b)) == nums
     assert [len(parse_jobs(b)) for b in bodies] == ([1] * 10 if per_message == 1 else [4, 4, 2])
     if per_message == 1:

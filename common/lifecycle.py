@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -42,9 +43,11 @@ class Lifecycle:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def install_signals(self) -> None:
-        """Route SIGTERM and SIGINT here (main thread only)."""
+        """Route SIGTERM and SIGINT here (main thread only). SIGUSR1 writes every thread's
+        stack to stderr (code locations only, never values): where a stuck service waits."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stop.is_set():

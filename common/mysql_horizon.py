@@ -188,10 +188,11 @@ async def _transactions(run: Any) -> list[Transaction]:
         if attempt:  # jittered, so two readers that collided do not collide again
             await asyncio.sleep(CACHE_IDLE + random.uniform(0, CACHE_IDLE))  # noqa: S311
         await run(queries_mysql.OPEN_CANARY)
-        try:
-            rows = await run(queries_mysql.TRANSACTIONS_IN_FLIGHT, (f"%{uuid.uuid4().hex}%",))
-        finally:
-            await run(queries_mysql.CLOSE_CANARY)
+        # No clean-up on failure: the pool closes a connection whose statement failed or was
+        # cancelled, which ends the canary. A statement sent on it then could fail in turn and
+        # replace a cancellation with its own error (a stopped watcher would read on).
+        rows = await run(queries_mysql.TRANSACTIONS_IN_FLIGHT, (f"%{uuid.uuid4().hex}%",))
+        await run(queries_mysql.CLOSE_CANARY)
         if any(fresh for *_, fresh in rows):
             return [(thread, t.replace(tzinfo=UTC)) for thread, t, own, _ in rows if not own]
     raise StaleTransactions("INNODB_TRX showed no fresh copy; something reads it constantly")

@@ -22,6 +22,7 @@ from apievents.common.watchtable import WatchTable
 
 log = logging.getLogger(__name__)
 MIN_INTERVAL = 0.25  # seconds between readings of one source
+STOP_SECONDS = 5.0  # the longest a stopping watcher is waited for
 
 
 class Watcher:
@@ -44,10 +45,13 @@ class Watcher:
         self.task = asyncio.create_task(self._run(), name=f"source-{self.source.name}")
 
     async def stop(self) -> None:
-        """Stop reading and close the pool."""
+        """Stop reading and close the pool; a reading that will not end is left behind after
+        STOP_SECONDS, so a stuck source never holds the producer's shutdown."""
         if self.task is not None:
             self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+            await asyncio.wait([self.task], timeout=STOP_SECONDS)
+            if not self.task.done():
+                log.warning("source_watcher_not_stopped", extra={"source": self.source.name})
         self.pool.close()
 
     async def read_once(self) -> None:
@@ -74,6 +78,9 @@ class Watcher:
                 log.exception("source_read_failed", extra={"source": name})
                 metrics.SOURCE_ERRORS.labels(name).inc()
                 self._health(False, error_text(e))
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # an error raised while cancelling
+                raise asyncio.CancelledError  # (by some clean-up) must not keep it reading
             await asyncio.sleep(self.tick)
 
     def _health(self, up: bool, error: str = "") -> None:

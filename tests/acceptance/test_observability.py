@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 from typing import Any
 
@@ -100,3 +101,21 @@ def test_readyz_fails_while_the_broker_is_unreachable(database_url: str, prefix:
         assert status_of(port, "/readyz") == 503
     finally:
         worker.close()
+
+
+def test_sigusr1_writes_every_threads_stack_and_the_service_goes_on(
+    database_url: str, prefix: str
+) -> None:
+    port = free_port()
+    producer = Service(
+        "producer", service_env(database_url, prefix, APIEVENTS_METRICS_PORT=str(port))
+    )
+    try:
+        wait_for(lambda: status_of(port, "/readyz") == 200, 30, "ready")
+        producer.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: "Current thread" in producer.output(), 10, "the stacks written")
+        assert "apievents/producer/service.py" in producer.output()
+        assert status_of(port, "/readyz") == 200  # still serving
+        assert producer.terminate() == 0
+    finally:
+        producer.close()

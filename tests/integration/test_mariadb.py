@@ -367,3 +367,42 @@ def test_a_table_on_an_engine_the_reading_cannot_see_is_never_registered(
         with pytest.raises(migrate_mysql.MySQLMigrateError, match="MRG_MyISAM engine"):
             migrate_mysql.migrate(conn, "merged", 10)
         assert not [wt for wt in registry.all_tables(conn) if wt.source == "merged"]
+
+
+def test_a_watcher_stopped_mid_reading_stops(
+    office: Office, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A producer's SIGTERM cancels each source's watcher. Cancelled while a reading's
+    statement is still running on the server, the watcher must stop, not swallow the
+    cancellation in its clean-up (a statement on that busy connection times out) and read on,
+    which left the producer running forever after SIGTERM."""
+    import asyncio
+
+    from apievents.common import queries_mysql, sources
+    from apievents.producer.sources import Watcher
+
+    slow = "SELECT 1, NOW(), 0, 1 FROM (SELECT SLEEP(6)) AS s WHERE %s IS NOT NULL"
+    monkeypatch.setattr(queries_mysql, "TRANSACTIONS_IN_FLIGHT", slow)
+    source = sources.Source("office", "mysql", office.url)
+
+    async def main() -> None:
+        watcher = Watcher(source, 2, 2.0, 0.05)
+        watcher.start()
+        await asyncio.sleep(0.7)  # within the slow statement, before its 2 s timeout
+        await watcher.stop()
+        stopped.set()
+
+    stopped = threading.Event()
+    # On a loop of its own, in a thread: a watcher that reads on would hang the test itself.
+    threading.Thread(target=asyncio.run, args=(main(),), daemon=True).start()
+    try:
+        assert stopped.wait(15), "the watcher read on after it was stopped"
+    finally:  # the server runs a closed connection's statement on: end it for later tests
+        with office.connect() as c, c.cursor() as cur:
+            cur.execute(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE %s AND ID <> "
+                "CONNECTION_ID()",
+                ("%SLEEP(6)%",),
+            )
+            for (thread,) in cur.fetchall():
+                cur.execute("KILL %s", (thread,))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,17 @@ class Service:
         self.proc.wait(10)
 
     def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM, then the exit code; a service still running after ``timeout`` fails with
+        its log and every thread's stack (SIGUSR1), which shows where it waits."""
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            raise AssertionError(
+                f"{self.name} still running {timeout} s after SIGTERM:\n{self.output()}"
+            ) from None
 
     def output(self) -> str:
         return Path(self.log.name).read_text()

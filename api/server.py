@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import signal
 from collections.abc import Iterator
 from types import FrameType
@@ -23,6 +24,7 @@ class Server(uvicorn.Server):
             self.should_exit = True
 
         previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks, as the services do
         try:
             yield
         finally:

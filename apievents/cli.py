@@ -374,7 +374,14 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
         max_subscriptions=settings.max_subscriptions_per_customer,
     )
     config = uvicorn.Config(
-        app, host=settings.api_host, port=settings.api_port, access_log=False, log_config=None
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        access_log=False,
+        log_config=None,
+        # on SIGTERM, in-flight requests get this long; a client that never sends its body
+        # must not keep the process alive
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
     )
     try:
         Server(config).run()

@@ -19,7 +19,7 @@ from apievents.committer.apply import apply_batch
 from apievents.common import broker, db, metrics
 from apievents.common.broker import Message, Session
 from apievents.common.db import connection_lost
-from apievents.common.lifecycle import Lifecycle, Wired, readiness
+from apievents.common.lifecycle import Blocking, Lifecycle, Wired, readiness
 from apievents.common.logs import error_text
 from apievents.common.messages import Checkpoint, MessageError, Report, parse_reports
 from apievents.common.retry import RetryPolicy
@@ -45,6 +45,7 @@ class Committer:
         self.pool = pool
         self.policy = policy
         self.lifecycle = lifecycle
+        self.blocking = Blocking(lifecycle)  # its database calls, off the loop
         self.batch = settings.commit_batch
         self.linger = settings.commit_linger_seconds
         self._pending: list[Pending] = []
@@ -104,12 +105,12 @@ class Committer:
         pending, self._pending = self._pending, []
         reports = [r for _, items in pending for r in items]
         try:
-            results = await asyncio.to_thread(self._apply_all, reports)
+            results = await self.blocking(self._apply_all, reports)
         except psycopg.Error as e:
             if connection_lost(e):
                 raise  # transient: the session reconnects and the batch is redelivered
             log.error("commit_batch_failed", extra={"error": error_text(e)})
-            results = await asyncio.to_thread(self._apply_one_by_one, reports)
+            results = await self.blocking(self._apply_one_by_one, reports)
         self._done(pending, reports, results)
 
     def _apply_all(self, reports: list[Report]) -> list[str]:

@@ -194,6 +194,7 @@ class AmqpSession:
         """Close; the broker requeues whatever is unsettled."""
         self._closing = True
         if not self.closed.done():
+            self._flush_acks()  # acks deferred to the end of this loop pass go out first
             _close_quietly(self.conn)
             await asyncio.wait([self.closed], timeout=5)
 
@@ -204,9 +205,11 @@ class AmqpSession:
             method(*args, callback=lambda frame: _resolve(future, frame), **kwargs)
         except _PIKA_ERRORS as e:
             raise BrokerLost(f"{getattr(method, '__name__', 'call')} failed: {e!r}") from None
-        await asyncio.wait([future, self.closed], return_when=asyncio.FIRST_COMPLETED)
-        if not future.done():
-            raise BrokerLost("the broker connection closed")
+        await asyncio.wait(
+            [future, self.closed], timeout=OPEN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not future.done():  # closed, or a broker that stopped answering (heartbeats
+            raise BrokerLost("the broker connection closed or did not answer")  # take longer)
         return future.result()
 
     def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:

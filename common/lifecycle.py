@@ -11,7 +11,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
@@ -19,12 +19,18 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from apievents.common import queries
 from apievents.common.broker import TRANSIENT_ERRORS
 from apievents.common.logs import error_text
+from apievents.common.threads import DaemonThreads
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ConfigurationError(RuntimeError):
     """A service cannot run safely as configured; it exits with a one-line error."""
+
+
+class Abandoned(ConnectionError):
+    """A blocking call was still running when the service had to stop; it is left behind."""
 
 
 class Lifecycle:
@@ -104,6 +110,37 @@ class Lifecycle:
                 return False
             await asyncio.sleep(min(left, self.POLL_SECONDS))
         return True
+
+
+class Blocking:
+    """Where a service runs its blocking calls (psycopg's sync pool): a daemon thread, so a
+    call that never returns cannot hold the service's exit."""
+
+    # How long a blocking call may still run once stop is set, before it is abandoned.
+    ABANDON_AFTER = 10.0
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.lifecycle = lifecycle
+        self.threads = DaemonThreads(1, "blocking")  # the service's calls run one at a time
+
+    async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` off the event loop. Once stop is set, a call still running gets
+        ABANDON_AFTER seconds; then Abandoned is raised and it is left behind. Whatever it was
+        doing is redone by design: an uncommitted claim or commit rolls back with its
+        connection, and unacked messages are redelivered."""
+        loop = asyncio.get_running_loop()
+        future = self.threads.submit(fn, *args)
+        deadline = None
+        while True:
+            done, _ = await asyncio.wait([future], timeout=Lifecycle.POLL_SECONDS * 4)
+            if done:
+                return future.result()
+            if self.lifecycle.stop.is_set():
+                deadline = deadline or loop.time() + self.ABANDON_AFTER
+                if loop.time() >= deadline:
+                    name = getattr(fn, "__name__", "call")
+                    log.warning("blocking_call_abandoned", extra={"call": name})
+                    raise Abandoned(f"{name} still running at shutdown")
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -30,7 +30,7 @@ from apievents.common import (
     watermark,
 )
 from apievents.common.broker import Session, Unconfirmed
-from apievents.common.lifecycle import ConfigurationError, Lifecycle, Wired, readiness
+from apievents.common.lifecycle import Blocking, ConfigurationError, Lifecycle, Wired, readiness
 from apievents.common.logs import error_text
 from apievents.common.messages import Job, jobs_to_bytes
 from apievents.common.mysql_horizon import BlindSource, Reading
@@ -100,6 +100,7 @@ class Producer:
         self.config = config
         self.pool = pool
         self.lifecycle = lifecycle
+        self.blocking = Blocking(lifecycle)  # its database calls, off the loop
         self.margin = timedelta(seconds=config.margin_seconds)
         self._next_warning = 0.0
         self._next_lag = 0.0
@@ -115,7 +116,7 @@ class Producer:
         self.lifecycle.serve("producer", self._session)
 
     async def _session(self) -> None:
-        blind = await asyncio.to_thread(self._blind)
+        blind = await self.blocking(self._blind)
         if blind:
             raise UnsafeRoleError(blind)
         await self._refresh_sources(first=True)
@@ -126,10 +127,10 @@ class Producer:
             while not self.lifecycle.stop.is_set():
                 if time.monotonic() >= self._next_sources:
                     await self._refresh_sources()
-                claimed = await asyncio.to_thread(self.tick)
+                claimed = await self.blocking(self.tick)
                 await self.publish(session, claimed.jobs)
                 for reading in self._readings():
-                    from_source = await asyncio.to_thread(self.tick_source, reading)
+                    from_source = await self.blocking(self.tick_source, reading)
                     await self.publish(session, from_source.jobs)
                     if from_source.due >= c.claim_batch:
                         claimed = from_source  # more are due now: do not idle
@@ -149,7 +150,7 @@ class Producer:
         WatchTables of its source. At start, a reachable source whose user cannot see every
         transaction stops the producer, as a blind PostgreSQL role does; one that is down is
         checked when it comes up, and never read if blind."""
-        found, tables = await asyncio.to_thread(self._sources_and_tables)
+        found, tables = await self.blocking(self._sources_and_tables)
         for name in set(self.watchers) - set(found):
             await self.watchers.pop(name).stop()
         c = self.config
@@ -261,7 +262,7 @@ class Producer:
             # (or whose connection failed, which raises BrokerLost) keeps its claims until the
             # lease runs out, so no second job can run beside one of them.
             refused = [job for i in e.refused for job in groups[i]]
-            await asyncio.to_thread(self._release, refused)
+            await self.blocking(self._release, refused)
             unconfirmed = sum(len(groups[i]) for i in e.indexes)
             metrics.JOBS_PUBLISHED.inc(len(jobs) - unconfirmed)
             log.warning("jobs_unconfirmed", extra={"jobs": unconfirmed, "refused": len(refused)})

@@ -17,7 +17,6 @@ import ipaddress
 import socket
 import ssl
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -30,6 +29,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from apievents.common.logs import error_text
 from apievents.common.ssrf import EndpointPolicy, EndpointRefused
+from apievents.common.threads import DaemonThreads
 
 MAX_RESPONSE_BYTES = 64 * 1024
 USER_AGENT = {"User-Agent": "apievents"}
@@ -63,20 +63,17 @@ class GuardedResolver(AbstractResolver):
     def __init__(self, policy: EndpointPolicy, timeout: float, threads: int = 64) -> None:
         self.policy = policy
         self.timeout = timeout
-        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="dns")
+        self.threads = DaemonThreads(threads, "dns")  # a hung lookup never holds the exit
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC
     ) -> list[ResolveResult]:
         """Every allowed address of ``host``; EndpointRefused if there is none."""
-        loop = asyncio.get_running_loop()
         # socket.getaddrinfo, as the check at creation uses (uvloop's own resolver would
-        # answer from elsewhere); it runs only for a new connection, on the executor.
+        # answer from elsewhere); it runs only for a new connection, on a lookup thread.
         lookup = functools.partial(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
         try:
-            infos = await asyncio.wait_for(
-                loop.run_in_executor(self.executor, lookup), self.timeout
-            )
+            infos = await asyncio.wait_for(self.threads.submit(lookup), self.timeout)
         except (OSError, UnicodeError, TimeoutError) as e:
             raise EndpointRefused(f"{host} does not resolve ({type(e).__name__})") from None
         found: list[ResolveResult] = []
@@ -103,7 +100,7 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         """Let the lookup threads go (a hanging one ends when the system resolver does)."""
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.threads.shutdown()
 
 
 class Sender:

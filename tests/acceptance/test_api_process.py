@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -126,5 +127,25 @@ def test_a_200_mb_unauthenticated_post_does_not_grow_the_api(database_url: str) 
         grown = peak_rss(api.proc.pid) - before
         assert grown < 20 * MB, f"the API's peak memory grew by {grown / MB:.0f} MB"
         assert api.terminate() == 0, api.output()
+    finally:
+        api.close()
+
+
+def test_the_api_stops_on_sigterm_though_a_client_never_sends_its_body(database_url: str) -> None:
+    """A request whose body never comes gets the shutdown timeout (10 s here), not forever;
+    SIGUSR1 before that writes the stacks and stops nothing."""
+    port = free_port()
+    api = Service("api", service_env(database_url, "unused", APIEVENTS_API_PORT=str(port)))
+    try:
+        wait_for(lambda: _up(f"http://127.0.0.1:{port}"), 30, "the API")
+        with socket.create_connection(("127.0.0.1", port)) as stuck:
+            stuck.sendall(
+                b"POST /openapi.json HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n"
+            )
+            api.proc.send_signal(signal.SIGUSR1)
+            wait_for(lambda: "Current thread" in api.output(), 10, "the stacks written")
+            assert api.proc.poll() is None
+            assert api.terminate(timeout=25) == 0
     finally:
         api.close()

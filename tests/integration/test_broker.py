@@ -128,3 +128,29 @@ def test_acks_settle_exactly_the_acked_messages_and_requeues_come_back(prefix: s
         while (m := c.default_channel.basic_get(f"{prefix}.jobs", no_ack=True)) is not None:
             left.append(m.body if isinstance(m.body, bytes) else m.body.encode())
     assert sorted(left) == [b"0", b"4"]
+
+
+def test_acks_made_right_before_close_are_kept(prefix: str) -> None:
+    """The committer acks its last batch and closes at once on SIGTERM: acks still waiting
+    for the end of the loop pass go out before the connection closes."""
+    publish(prefix, [b"a", b"b", b"c"], OUTCOMES)
+
+    async def ack_then_close() -> int:
+        session = await broker.connect(BROKER_URL, prefix)
+        got: list[Message] = []
+        await session.consume(OUTCOMES, 10, got.append)
+        while len(got) < 3:
+            await asyncio.sleep(0.05)
+        await session.cancel()
+        for m in got:
+            session.ack(m)
+        await session.close()
+        after = await broker.connect(BROKER_URL, prefix)
+        try:
+            name = after.topology.queue(OUTCOMES).name  # type: ignore[attr-defined]
+            frame = await after._rpc(after.channel.queue_declare, name, passive=True)  # type: ignore[attr-defined]
+            return int(frame.method.message_count)
+        finally:
+            await after.close()
+
+    assert asyncio.run(ack_then_close()) == 0  # none came back

@@ -7,11 +7,13 @@ import contextlib
 import select
 import socket
 import threading
+import time
 
 
 class Proxy:
     """Forwards 127.0.0.1:<port> to ``target``. ``down()`` refuses and cuts connections,
-    ``hang()`` accepts but forwards nothing, ``up()`` forwards again."""
+    ``hang()`` accepts but forwards nothing, ``freeze()`` keeps every connection open and
+    forwards nothing on any, ``up()`` forwards again."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -41,7 +43,7 @@ class Proxy:
                 return  # closed by down()
             with self._lock:
                 self._conns.append(client)
-            if self.mode == "hang":
+            if self.mode in ("hang", "freeze"):
                 continue  # held open, never answered
             try:
                 server = socket.create_connection(self.target, timeout=5)
@@ -54,7 +56,10 @@ class Proxy:
 
     def _pipe(self, a: socket.socket, b: socket.socket) -> None:
         with contextlib.suppress(OSError, ValueError):
-            while self.mode == "up":
+            while self.mode in ("up", "freeze"):
+                if self.mode == "freeze":  # held open, silent both ways
+                    time.sleep(0.1)
+                    continue
                 ready, _, _ = select.select([a, b], [], [], 0.2)
                 for src in ready:
                     data = src.recv(65536)
@@ -89,6 +94,11 @@ class Proxy:
         self._cut()
         if self._listener is None:
             self._listen()
+
+    def freeze(self) -> None:
+        """Like a peer that stopped answering without closing anything (a paused process, a
+        black-holed network): open connections stay open and go silent."""
+        self.mode = "freeze"
 
     def up(self) -> None:
         """Forward again."""

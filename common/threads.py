@@ -39,14 +39,17 @@ class DaemonThreads:
                 self._idle -= 1
             elif len(self._threads) < self.size:
                 thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+                thread.start()  # counted only once it runs
                 self._threads.append(thread)
-                thread.start()
         self._calls.put(_Call(loop, future, fn, args))
         return future
 
     def shutdown(self) -> None:
-        """Let idle threads end; busy ones end when their call returns."""
-        for _ in self._threads:
+        """Let idle threads end; busy ones end when their call returns. Later calls start
+        threads of their own."""
+        with self._lock:
+            threads, self._threads, self._idle = self._threads, [], 0
+        for _ in threads:
             self._calls.put(None)
 
     def _serve(self) -> None:
@@ -54,6 +57,10 @@ class DaemonThreads:
             call = self._calls.get()
             if call is None:
                 return
+            if call.future.cancelled():  # its caller stopped waiting (a lookup that timed
+                with self._lock:  # out while queued): fresher calls must not wait behind it
+                    self._idle += 1
+                continue
             try:
                 result, error = call.fn(*call.args), None
             except BaseException as e:  # handed to whoever awaits the future

@@ -141,8 +141,7 @@ class Producer:
                     await self._idle(session)
         finally:
             await session.close()
-            for watcher in self.watchers.values():
-                await watcher.stop()
+            await asyncio.gather(*(w.stop() for w in self.watchers.values()))  # at once
             self.watchers.clear()
 
     async def _refresh_sources(self, first: bool = False) -> None:

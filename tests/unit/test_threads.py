@@ -67,3 +67,21 @@ def test_a_stopping_service_abandons_a_stuck_call_after_its_grace(
 
     asyncio.run(main())
     never.set()
+
+
+def test_a_call_whose_caller_stopped_waiting_is_skipped() -> None:
+    gate = threading.Event()
+    ran: list[str] = []
+
+    async def main() -> None:
+        threads = DaemonThreads(1, "t")
+        first = threads.submit(gate.wait)
+        stale = threads.submit(ran.append, "stale")
+        stale.cancel()  # as asyncio.wait_for does when a lookup times out in the queue
+        fresh = threads.submit(ran.append, "fresh")
+        gate.set()
+        await first
+        await fresh
+
+    asyncio.run(main())
+    assert ran == ["fresh"]

@@ -28,6 +28,7 @@ class DaemonThreads:
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = 0
+        self._closed = False
         self._lock = threading.Lock()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -35,6 +36,8 @@ class DaemonThreads:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:  # an idle thread is reserved for this call, or a new one started
+            if self._closed:
+                raise RuntimeError(f"{self.name} threads are shut down")
             if self._idle:
                 self._idle -= 1
             elif len(self._threads) < self.size:
@@ -45,10 +48,10 @@ class DaemonThreads:
         return future
 
     def shutdown(self) -> None:
-        """Let idle threads end; busy ones end when their call returns. Later calls start
-        threads of their own."""
+        """Let idle threads end; busy ones end when their call returns. No call may follow."""
         with self._lock:
-            threads, self._threads, self._idle = self._threads, [], 0
+            self._closed = True
+            threads = list(self._threads)
         for _ in threads:
             self._calls.put(None)
 

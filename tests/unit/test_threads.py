@@ -85,3 +85,14 @@ def test_a_call_whose_caller_stopped_waiting_is_skipped() -> None:
 
     asyncio.run(main())
     assert ran == ["fresh"]
+
+
+def test_no_call_is_taken_after_shutdown() -> None:
+    async def main() -> None:
+        threads = DaemonThreads(2, "t")
+        assert await threads.submit(len, "ab") == 2
+        threads.shutdown()
+        with pytest.raises(RuntimeError, match="shut down"):
+            threads.submit(len, "ab")
+
+    asyncio.run(main())

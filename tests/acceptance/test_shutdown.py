@@ -68,7 +68,6 @@ def test_a_service_whose_peer_froze_mid_work_stops_on_sigterm_and_loses_nothing(
             time.sleep(2)  # the frozen service is now stuck mid-call on its peer
             assert stack.services[victim].terminate() == 0
             stack.start(victim)
-            assert not stack.services[victim].proc.poll()
             proxy.up()
             wait_for(lambda: watermark_covers(conn, num), 60, "the watermark past every change")
             got = {r["AptNum"] for r in receiver.delivered()}

@@ -171,13 +171,13 @@ class Worker:
         keeps them few: while they wait, only the lease the producer set runs for them.)"""
         self._linger = None
         room = 4 * self.s.worker_concurrency - self._running
+        if room <= 0 or not self._ready:
+            return  # a window that finishes dispatches again
         n = 0
         while n < len(self._ready) and (n == 0 or n < room):
             carrier = self._ready[n].carrier
             while n < len(self._ready) and self._ready[n].carrier is carrier:
                 n += 1
-        if room <= 0 or not n:
-            return  # a window that finishes dispatches again
         batch, self._ready = self._ready[:n], self._ready[n:]
         self._running += n
         self._spawn(self._start(batch))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -21,12 +20,6 @@ from tests.support.tcp_proxy import Proxy
 pytestmark = pytest.mark.acceptance
 
 PORTS = {"database": 5432, "broker": 5672}
-
-
-def through(url: str, proxy: Proxy) -> str:
-    parts = urlsplit(url)
-    user = parts.netloc.rsplit("@", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{proxy.port}"))
 
 
 @pytest.fixture
@@ -51,9 +44,9 @@ def test_a_service_whose_peer_froze_mid_work_stops_on_sigterm_and_loses_nothing(
 ) -> None:
     env = service_env(database_url, prefix)
     if PORTS["database"] == proxy.target[1]:
-        frozen = service_env(through(database_url, proxy), prefix)
+        frozen = service_env(proxy.url(database_url), prefix)
     else:
-        frozen = service_env(database_url, prefix, APIEVENTS_BROKER_URL=through(BROKER_URL, proxy))
+        frozen = service_env(database_url, prefix, APIEVENTS_BROKER_URL=proxy.url(BROKER_URL))
     others = Stack(env)
     stack = Stack(frozen)
     with psycopg.connect(database_url, autocommit=True) as conn:

@@ -26,9 +26,8 @@ def offices(conn: psycopg.Connection[Any]) -> Iterator[tuple[Office, Office, Pro
     with mariadb_database() as flaky_url, mariadb_database() as steady_url:
         u = urlsplit(flaky_url)
         proxy = Proxy((u.hostname or "127.0.0.1", u.port or 3306))
-        proxied = f"mysql://{u.username}@127.0.0.1:{proxy.port}{u.path}"
         try:
-            add_office(conn, "flaky", proxied)  # the services reach it through the proxy
+            add_office(conn, "flaky", proxy.url(flaky_url))  # the services go through it
             yield Office("flaky", flaky_url), add_office(conn, "steady", steady_url), proxy
         finally:
             proxy.close()

@@ -8,6 +8,7 @@ import select
 import socket
 import threading
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 
 class Proxy:
@@ -94,6 +95,12 @@ class Proxy:
         self._cut()
         if self._listener is None:
             self._listen()
+
+    def url(self, url: str) -> str:
+        """``url`` (a database or broker URL) reaching its server through this proxy."""
+        parts = urlsplit(url)
+        user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.port}"))
 
     def freeze(self) -> None:
         """Like a peer that stopped answering without closing anything (a paused process, a

@@ -41,7 +41,7 @@ def setup(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiohttp", "pika", "amqp", "kombu", "psycopg.pool"):
+    for noisy in ("pika", "amqp", "kombu", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

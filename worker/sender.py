@@ -1,38 +1,39 @@
 """POSTing one batch to an endpoint and classifying the answer. Only 200 is success.
 
-aiohttp on the worker's event loop: the cheapest maintained client measured for small POSTs
-(docs/performance.md). Endpoint URLs are untrusted: the connector's resolver vets every
-address a host resolves to and hands aiohttp only the vetted ones, so the address dialled is
-one that was checked (DNS rebinding cannot slip past); an IP literal, which aiohttp never
-resolves, is vetted before the request. TLS still verifies the certificate against the URL's
-host name.
+libcurl (pycurl) on the worker's event loop (``worker/curl.py``): the cheapest maintained
+client measured for small POSTs (docs/performance.md). Endpoint URLs are untrusted:
+- names are resolved here, on our lookup threads, and only the vetted addresses are handed to
+  libcurl (``CURLOPT_RESOLVE``), which never resolves a name itself;
+- every socket libcurl opens is vetted again against the address it dials, so neither DNS
+  rebinding nor a URL that libcurl reads apart from Python can reach a refused address;
+- HTTP/1.1 and http(s) only, no redirects, no proxy (environment variables are ignored), no
+  cookies, no decompression; TLS verifies the certificate and the URL's host name against
+  ``APIEVENTS_CA_BUNDLE`` (certifi's bundle by default) and nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
 import ipaddress
 import socket
-import ssl
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import certifi
-import yarl
-from aiohttp.abc import AbstractResolver, ResolveResult
+import pycurl
 
-from apievents.common.logs import error_text
 from apievents.common.ssrf import EndpointPolicy, EndpointRefused
 from apievents.common.threads import DaemonThreads
+from apievents.worker.curl import Transfers
 
 MAX_RESPONSE_BYTES = 64 * 1024
-USER_AGENT = {"User-Agent": "apievents"}
+DNS_CACHE_SECONDS = 10.0  # how long a name's vetted addresses are used without a new lookup
+KEEPALIVE_SECONDS = 30  # an idle pooled connection older than this is not reused
+_HTTP = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 
 
 @dataclass(frozen=True)
@@ -52,53 +53,65 @@ class Answer:
         return "success" if self.ok else (self.error_class or "error")
 
 
-class GuardedResolver(AbstractResolver):
+class GuardedResolver:
     """Resolves with a timeout and returns only the addresses the policy allows.
 
     Lookups run on threads of their own: a lookup that hangs keeps its thread until the
     system resolver gives up, and one customer's hanging names must not take the threads
-    every other lookup (and the rest of the loop's work) needs.
+    every other lookup (and the rest of the loop's work) needs. A name's vetted addresses are
+    kept for DNS_CACHE_SECONDS; concurrent lookups of one name share one.
     """
 
     def __init__(self, policy: EndpointPolicy, timeout: float, threads: int = 64) -> None:
         self.policy = policy
         self.timeout = timeout
         self.threads = DaemonThreads(threads, "dns")  # a hung lookup never holds the exit
+        self.cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self.pending: dict[tuple[str, int], asyncio.Future[list[str]]] = {}
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC
-    ) -> list[ResolveResult]:
+    async def addresses(self, host: str, port: int) -> list[str]:
         """Every allowed address of ``host``; EndpointRefused if there is none."""
-        # socket.getaddrinfo, as the check at creation uses (uvloop's own resolver would
-        # answer from elsewhere); it runs only for a new connection, on a lookup thread.
-        lookup = functools.partial(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
+        key = (host, port)
+        hit = self.cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        pending = self.pending.get(key)
+        if pending is None:
+            pending = self.pending[key] = asyncio.ensure_future(self._lookup(host, port))
+            pending.add_done_callback(functools.partial(self._looked_up, key))
+        return await asyncio.shield(pending)
+
+    def _looked_up(self, key: tuple[str, int], done: asyncio.Future[list[str]]) -> None:
+        self.pending.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved, even if every caller stopped waiting
+
+    def forget(self, host: str, port: int) -> None:
+        """Look the name up again next time (its address could not be reached)."""
+        self.cache.pop((host, port), None)
+
+    async def _lookup(self, host: str, port: int) -> list[str]:
+        # socket.getaddrinfo, as the check at creation uses; only for names not cached.
+        lookup = functools.partial(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
         try:
             infos = await asyncio.wait_for(self.threads.submit(lookup), self.timeout)
         except (OSError, UnicodeError, TimeoutError) as e:
             raise EndpointRefused(f"{host} does not resolve ({type(e).__name__})") from None
-        found: list[ResolveResult] = []
+        found: list[str] = []
         reason = f"{host} has no address"
-        for fam, _, proto, _, sockaddr in infos:
+        for *_, sockaddr in infos:
             address = str(sockaddr[0])
             refusal = self.policy.refusal(address)
             if refusal:
                 reason = f"{host} resolves to {address}, {refusal}"
-                continue
-            found.append(
-                ResolveResult(
-                    hostname=host,
-                    host=address,
-                    port=port,
-                    family=fam,
-                    proto=proto,
-                    flags=socket.AI_NUMERICHOST,
-                )
-            )
+            elif address not in found:
+                found.append(address)
         if not found:
             raise EndpointRefused(reason)
+        self.cache[(host, port)] = (time.monotonic() + DNS_CACHE_SECONDS, found)
         return found
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """Let the lookup threads go (a hanging one ends when the system resolver does)."""
         self.threads.shutdown()
 
@@ -121,119 +134,176 @@ class Sender:
         dns_timeout: float = 5.0,
     ) -> None:
         self.policy = policy or EndpointPolicy()
-        self.timeout = aiohttp.ClientTimeout(
-            total=timeout + connect_timeout, sock_connect=connect_timeout
-        )
-        ssl_context = ssl.create_default_context(cafile=ca_bundle or certifi.where())
+        self.total_ms = round((timeout + connect_timeout) * 1000)
+        self.connect_ms = round(connect_timeout * 1000)
+        self.ca_bundle = ca_bundle or certifi.where()
         self.resolver = GuardedResolver(self.policy, dns_timeout)
-        self.connector = aiohttp.TCPConnector(
-            limit=concurrency,
-            limit_per_host=0,
-            ssl=ssl_context,
-            resolver=self.resolver,
-            ttl_dns_cache=10,
-            keepalive_timeout=30,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=self.connector,
-            trust_env=False,  # proxy variables are ignored: we dial what we vetted
-            # No cookie jar: a cookie one customer's endpoint sets must never reach another's
-            # on the same host. No decompression: an answer is read only to its first 64 KiB.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("Accept-Encoding",),
-            raise_for_status=False,
-        )
+        self.concurrency = concurrency
+        self.transfers: Transfers | None = None  # made on the loop, at the first POST
+        self.idle: list[pycurl.Curl] = []  # easy handles keep their options between POSTs
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
         """Send ``body``; read at most 64 KiB of the answer."""
         started = time.perf_counter()
         try:
-            _vet_literal(self.policy, url)
-            async with self.session.post(
-                _url(url),
-                data=body,
-                headers=headers | USER_AGENT,
-                allow_redirects=False,
-                timeout=self.timeout,
-            ) as resp:
-                status = resp.status
-                retry_after = _retry_after(resp) if status in (429, 503) else None
-                if status == 200:
-                    await _read_some(resp)
-                else:  # its connection is not reused: an odd answer (a 204 with a body,
-                    resp.close()  # say) could leave bytes that garble the next one
-
+            target = _target(url)
+            resolve = await self._resolve(target)
         except EndpointRefused as e:
             return Answer(False, None, "refused", str(e), None, _since(started))
-        except TimeoutError:
-            return Answer(False, None, "timeout", "no full answer in time", None, _since(started))
-        except aiohttp.InvalidURL as e:
-            return Answer(False, None, "invalid_url", error_text(e), None, _since(started))
-        except (aiohttp.ClientError, OSError) as e:
-            cause = e.__cause__ if isinstance(e.__cause__, EndpointRefused) else None
-            if cause is not None:
-                return Answer(False, None, "refused", str(cause), None, _since(started))
-            return Answer(False, None, "connection_error", error_text(e), None, _since(started))
+        except ValueError as e:
+            return Answer(False, None, "invalid_url", str(e), None, _since(started))
+        if self.transfers is None:
+            self.transfers = Transfers(self.concurrency)
+        exchange = _Exchange(self.policy)
+        handle = self._handle()
+        handle.setopt(pycurl.URL, target.url)
+        handle.setopt(pycurl.RESOLVE, resolve)
+        handle.setopt(pycurl.POSTFIELDS, body)
+        handle.setopt(pycurl.HTTPHEADER, _header_lines(headers))
+        handle.setopt(pycurl.WRITEFUNCTION, exchange.write)
+        handle.setopt(pycurl.OPENSOCKETFUNCTION, exchange.open_socket)
+        try:
+            errno, message = await self.transfers.run(handle)
+        except BaseException:  # cancelled mid-POST: its connection was closed
+            handle.close()
+            raise
+        status = handle.getinfo(pycurl.RESPONSE_CODE)
+        retry_after = handle.getinfo(pycurl.RETRY_AFTER) if status in (429, 503) else 0
+        self.idle.append(handle)
+        if exchange.refused:
+            return Answer(False, None, "refused", exchange.refused, None, _since(started))
+        if errno and not (errno == pycurl.E_WRITE_ERROR and exchange.cut):
+            if errno == pycurl.E_COULDNT_CONNECT and resolve:
+                self.resolver.forget(target.host, target.port)
+            error_class = _ERROR_CLASSES.get(errno, "connection_error")
+            return Answer(False, None, error_class, message, None, _since(started))
         if status == 200:
             return Answer(True, status, seconds=_since(started))
-        return Answer(False, status, "http_error", f"HTTP {status}", retry_after, _since(started))
+        retry = float(retry_after) if retry_after > 0 else None
+        return Answer(False, status, "http_error", f"HTTP {status}", retry, _since(started))
+
+    async def _resolve(self, target: _Target) -> list[str]:
+        """The CURLOPT_RESOLVE entry that pins ``target``'s name to its vetted addresses."""
+        if target.literal:  # libcurl dials a literal without resolving: vet it here
+            reason = self.policy.refusal(target.host)
+            if reason:
+                raise EndpointRefused(f"{target.host} is {reason}")
+            return []
+        found = await self.resolver.addresses(target.host, target.port)
+        listed = ",".join(f"[{a}]" if ":" in a else a for a in found)
+        return [f"{target.host}:{target.port}:{listed}"]
+
+    def _handle(self) -> pycurl.Curl:
+        if self.idle:
+            return self.idle.pop()
+        handle = pycurl.Curl()
+        for option, value in (
+            (pycurl.NOSIGNAL, 1),
+            (pycurl.PROTOCOLS, _HTTP),
+            (pycurl.REDIR_PROTOCOLS, _HTTP),
+            (pycurl.FOLLOWLOCATION, 0),
+            (pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1),
+            (pycurl.PROXY, ""),  # an empty proxy: the environment's proxy variables are ignored
+            (pycurl.NOPROXY, "*"),
+            (pycurl.CAINFO, self.ca_bundle),
+            (pycurl.SSL_VERIFYPEER, 1),
+            (pycurl.SSL_VERIFYHOST, 2),
+            (pycurl.TIMEOUT_MS, self.total_ms),
+            (pycurl.CONNECTTIMEOUT_MS, self.connect_ms),
+            (pycurl.USERAGENT, "apievents"),
+            (pycurl.MAXAGE_CONN, KEEPALIVE_SECONDS),
+        ):
+            handle.setopt(option, value)
+        handle.unsetopt(pycurl.CAPATH)  # the bundle alone, not a directory compiled in
+        return handle
 
     async def close(self) -> None:
         """Close pooled connections and the lookup threads."""
-        await self.session.close()
-        await self.resolver.close()
+        if self.transfers is not None:
+            self.transfers.close()
+        for handle in self.idle:
+            handle.close()
+        self.idle.clear()
+        self.resolver.close()
 
 
-@lru_cache(maxsize=4096)
-def _vet_literal(policy: EndpointPolicy, url: str) -> None:
-    """aiohttp dials an IP literal without asking the resolver: vet it here. Cached: the
-    answer for a URL and a policy never changes (a refusal raises, and is not cached)."""
-    host = _literal_host(url)
-    if host is not None:
-        reason = policy.refusal(host)
+# The rest are connection errors; E_UNSUPPORTED_PROTOCOL among them, since the scheme is
+# checked before libcurl sees the URL: libcurl says it of an answer that is not HTTP.
+_ERROR_CLASSES = {pycurl.E_OPERATION_TIMEDOUT: "timeout", pycurl.E_URL_MALFORMAT: "invalid_url"}
+
+
+class _Exchange:
+    """One POST's callbacks: the answer's size, and the address guard at connect."""
+
+    __slots__ = ("cut", "policy", "refused", "seen")
+
+    def __init__(self, policy: EndpointPolicy) -> None:
+        self.policy = policy
+        self.seen = 0
+        self.cut = False
+        self.refused: str | None = None
+
+    def write(self, chunk: bytes) -> int | None:
+        """Take the answer up to 64 KiB; past that, stop (libcurl drops the connection)."""
+        self.seen += len(chunk)
+        if self.seen > MAX_RESPONSE_BYTES:
+            self.cut = True
+            return 0
+        return None
+
+    def open_socket(self, _purpose: int, address: tuple[int, int, int, Any]) -> Any:
+        """The socket for a new connection, if its address is allowed (checked at connect)."""
+        family, socktype, protocol, sockaddr = address
+        dialled = str(sockaddr[0])
+        reason = self.policy.refusal(dialled)
         if reason:
-            raise EndpointRefused(f"{host} is {reason}")
+            self.refused = f"connecting to {dialled} refused: {reason}"
+            return pycurl.SOCKET_BAD
+        return socket.socket(family, socktype, protocol)
+
+
+@dataclass(frozen=True)
+class _Target:
+    url: str  # rebuilt from what Python parsed, the host in its ASCII form
+    host: str
+    port: int
+    literal: bool
 
 
 @lru_cache(maxsize=4096)
-def _url(url: str) -> yarl.URL:
-    """Endpoint URLs repeat every poll: parse each once (a measurable share of a POST)."""
-    return yarl.URL(url)
-
-
-@lru_cache(maxsize=4096)
-def _literal_host(url: str) -> str | None:
-    host = urlsplit(url).hostname or ""
+def _target(url: str) -> _Target:
+    """Endpoint URLs repeat every poll: parse each once."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError("not an http(s) URL with a host")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         ipaddress.ip_address(host.split("%", 1)[0])
+        literal = True
     except ValueError:
-        return None
-    return host
+        literal = False
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as e:
+            raise ValueError(f"host is not a valid name ({e})") from None
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:  # as written: the Host header names a default port only if
+        netloc += f":{port}"  # the URL did
+    userinfo = parts.netloc.rpartition("@")[0]
+    if userinfo:
+        netloc = f"{userinfo}@{netloc}"
+    rebuilt = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    return _Target(rebuilt, host, port, literal)
 
 
-async def _read_some(resp: aiohttp.ClientResponse) -> None:
-    """Read at most 64 KiB of the answer; a longer one is cut and its connection dropped."""
-    seen = 0
-    while seen < MAX_RESPONSE_BYTES:
-        chunk = await resp.content.read(MAX_RESPONSE_BYTES - seen)
-        if not chunk or resp.content.at_eof():
-            return
-        seen += len(chunk)
-    resp.close()
-
-
-def _retry_after(resp: Any) -> float | None:
-    value = resp.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+def _header_lines(headers: dict[str, str]) -> list[str]:
+    """libcurl's header lines; "Name;" sends an empty value ("Name:" would drop the header)."""
+    lines = [f"{name}: {value}" if value else f"{name};" for name, value in headers.items()]
+    if any("\r" in line or "\n" in line or "\0" in line for line in lines):
+        raise ValueError("a header holds a line break")
+    lines.append("Expect:")  # no 100-continue round trip before a large body
+    return lines
 
 
 def _since(started: float) -> float:

@@ -1,0 +1,194 @@
+"""The POST itself, on a real local server: what goes on the wire, and what never does."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+
+import pytest
+
+from apievents.common.ssrf import EndpointPolicy
+from apievents.worker.sender import Answer, Sender
+from tests.support.services import LOOPBACK_POLICY
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+@dataclass
+class Seen:
+    connections: int = 0
+    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    hold: threading.Event = field(default_factory=threading.Event)
+
+
+def server(seen: Seen) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def setup(self) -> None:
+            super().setup()
+            seen.connections += 1
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.requests.append((self.requestline, dict(self.headers.items()), body))
+            if self.path.startswith("/hold"):
+                seen.hold.wait(10)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+@pytest.fixture
+def seen() -> Iterator[Seen]:
+    found = Seen()
+    httpd = server(found)
+    found.port = httpd.server_address[1]  # type: ignore[attr-defined]
+    try:
+        yield found
+    finally:
+        found.hold.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def run(use: Callable[[Sender], Awaitable[T]], policy: EndpointPolicy = LOOPBACK_POLICY) -> T:
+    async def go() -> T:
+        sender = Sender(3.0, 1.0, 4, policy)
+        try:
+            return await use(sender)
+        finally:
+            await sender.close()
+
+    return asyncio.run(go())
+
+
+def test_headers_go_out_as_given_over_http_1_1(seen: Any) -> None:
+    headers = {"Content-Type": "application/json", "Authorization": "", "Workstation": "w 1"}
+    answer = run(lambda s: s.post(f"http://127.0.0.1:{seen.port}/x?a=1", b"[1]", headers))
+    assert answer.ok and answer.http_status == 200
+    ((line, got, body),) = seen.requests
+    assert line == "POST /x?a=1 HTTP/1.1" and body == b"[1]"
+    assert got["Authorization"] == "" and got["Workstation"] == "w 1"  # an empty value is sent
+    assert got["Content-Type"] == "application/json" and got["User-Agent"] == "apievents"
+    assert got["Host"] == f"127.0.0.1:{seen.port}"
+    assert "Expect" not in got and "Accept-Encoding" not in got and "Cookie" not in got
+
+
+def test_connections_are_kept_alive(seen: Any) -> None:
+    async def many(s: Sender) -> list[Answer]:
+        return [await s.post(f"http://127.0.0.1:{seen.port}/k", b"[]", {}) for _ in range(20)]
+
+    assert all(a.ok for a in run(many))
+    assert len(seen.requests) == 20 and seen.connections == 1
+
+
+def test_proxy_variables_are_ignored(seen: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    trap = Seen()
+    proxy = server(trap)
+    try:
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        assert run(lambda s: s.post(f"http://127.0.0.1:{seen.port}/p", b"[]", {})).ok
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert len(seen.requests) == 1 and trap.connections == 0
+
+
+def test_a_header_with_a_line_break_is_never_sent(seen: Any) -> None:
+    smuggled = {"Workstation": "w\r\nX-Injected: 1"}
+    with pytest.raises(ValueError, match="line break"):
+        run(lambda s: s.post(f"http://127.0.0.1:{seen.port}/h", b"[]", smuggled))
+    assert seen.connections == 0
+
+
+def test_a_post_cancelled_midway_leaves_the_sender_usable(seen: Any) -> None:
+    async def cancel_then_post(s: Sender) -> Answer:
+        held = asyncio.ensure_future(s.post(f"http://127.0.0.1:{seen.port}/hold", b"[]", {}))
+        while not seen.requests:
+            await asyncio.sleep(0.01)
+        held.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await held
+        return await s.post(f"http://127.0.0.1:{seen.port}/after", b"[]", {})
+
+    assert run(cancel_then_post).ok
+    assert [r[0] for r in seen.requests] == ["POST /hold HTTP/1.1", "POST /after HTTP/1.1"]
+
+
+def test_the_address_dialled_is_vetted_even_if_the_name_check_is_skipped(
+    seen: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check at connect stands alone: with the name check skipped (as for a URL that
+    libcurl reads apart from Python), a refused address is still never dialled."""
+
+    async def unvetted(self: Sender, target: Any) -> list[str]:
+        return []
+
+    monkeypatch.setattr(Sender, "_resolve", unvetted)
+    answer = run(lambda s: s.post(f"http://127.0.0.1:{seen.port}/x", b"[]", {}), EndpointPolicy())
+    assert answer.error_class == "refused" and "127.0.0.1" in (answer.error or "")
+    assert seen.connections == 0
+
+
+def test_an_international_name_is_sent_in_its_ascii_form(
+    seen: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        asked.append(host)
+        return real("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    answer = run(lambda s: s.post(f"http://bücher.test:{seen.port}/i", b"[]", {}))
+    assert answer.ok
+    assert asked == ["xn--bcher-kva.test"]
+    assert seen.requests[0][1]["Host"] == f"xn--bcher-kva.test:{seen.port}"
+
+
+def test_a_hanging_name_delays_no_other_post(seen: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    real, release = socket.getaddrinfo, threading.Event()
+
+    def lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "hangs.test":
+            release.wait(10)
+        return real("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+
+    async def both() -> tuple[Answer, Answer]:
+        sender = Sender(3.0, 1.0, 4, LOOPBACK_POLICY, dns_timeout=1.0)
+        try:
+            hanging = asyncio.ensure_future(
+                sender.post(f"http://hangs.test:{seen.port}/", b"[]", {})
+            )
+            fine = await sender.post(f"http://fine.test:{seen.port}/fine", b"[]", {})
+            assert not hanging.done()  # the other name answered while this one still hangs
+            return fine, await hanging
+        finally:
+            release.set()
+            await sender.close()
+
+    fine, hanging = asyncio.run(both())
+    assert fine.ok
+    assert hanging.error_class == "refused" and "does not resolve" in (hanging.error or "")

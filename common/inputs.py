@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -176,9 +177,25 @@ def check_url(url: str) -> str:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not all(label and len(label) < 64 for label in host.rstrip(".").split(".")):
+        if ascii_host(host) is None:
             raise InputError("endpoint_url", f"host {host!r} is not a valid name") from None
     return url
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*\.?")
+
+
+def ascii_host(host: str) -> str | None:
+    """A URL's (lower-case) host name in its ASCII form, or None if it is not a plain name.
+
+    Letters, digits, hyphens and underscores only, after IDNA: a name such as ``%61.test``,
+    which one URL parser keeps and another decodes to ``a.test``, is not a name here.
+    """
+    try:
+        name = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return name if _HOST_NAME.fullmatch(name) else None
 
 
 def _positive_int(column: str, raw: Any) -> int:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import certifi
 import pycurl
 
+from apievents.common.inputs import ascii_host
 from apievents.common.ssrf import EndpointPolicy, EndpointRefused
 from apievents.common.threads import DaemonThreads
 from apievents.worker.curl import Transfers
@@ -51,6 +52,10 @@ class Answer:
     def outcome(self) -> str:
         """Label for apievents_deliveries_total."""
         return "success" if self.ok else (self.error_class or "error")
+
+
+class SenderClosed(ConnectionError):
+    """The sender was closed (the worker is stopping) before or while this POST ran."""
 
 
 class GuardedResolver:
@@ -141,17 +146,27 @@ class Sender:
         self.concurrency = concurrency
         self.transfers: Transfers | None = None  # made on the loop, at the first POST
         self.idle: list[pycurl.Curl] = []  # easy handles keep their options between POSTs
+        self.closed = False
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
-        """Send ``body``; read at most 64 KiB of the answer."""
+        """Send ``body``; read at most 64 KiB of the answer. The deadline covers the lookup."""
         started = time.perf_counter()
+        lines = _header_lines(headers)
         try:
             target = _target(url)
-            resolve = await self._resolve(target)
+            async with asyncio.timeout(self.total_ms / 1000):
+                resolve = await self._resolve(target)
         except EndpointRefused as e:
             return Answer(False, None, "refused", str(e), None, _since(started))
         except ValueError as e:
             return Answer(False, None, "invalid_url", str(e), None, _since(started))
+        except TimeoutError:
+            return Answer(False, None, "timeout", "no address in time", None, _since(started))
+        left_ms = self.total_ms - round(_since(started) * 1000)
+        if left_ms <= 0:
+            return Answer(False, None, "timeout", "no address in time", None, _since(started))
+        if self.closed:
+            raise SenderClosed
         if self.transfers is None:
             self.transfers = Transfers(self.concurrency)
         exchange = _Exchange(self.policy)
@@ -159,7 +174,8 @@ class Sender:
         handle.setopt(pycurl.URL, target.url)
         handle.setopt(pycurl.RESOLVE, resolve)
         handle.setopt(pycurl.POSTFIELDS, body)
-        handle.setopt(pycurl.HTTPHEADER, _header_lines(headers))
+        handle.setopt(pycurl.HTTPHEADER, lines)
+        handle.setopt(pycurl.TIMEOUT_MS, left_ms)
         handle.setopt(pycurl.WRITEFUNCTION, exchange.write)
         handle.setopt(pycurl.OPENSOCKETFUNCTION, exchange.open_socket)
         try:
@@ -167,6 +183,9 @@ class Sender:
         except BaseException:  # cancelled mid-POST: its connection was closed
             handle.close()
             raise
+        if self.closed:  # close() aborted it: the POST may or may not have been read
+            handle.close()
+            raise SenderClosed
         status = handle.getinfo(pycurl.RESPONSE_CODE)
         retry_after = handle.getinfo(pycurl.RETRY_AFTER) if status in (429, 503) else 0
         self.idle.append(handle)
@@ -208,7 +227,6 @@ class Sender:
             (pycurl.CAINFO, self.ca_bundle),
             (pycurl.SSL_VERIFYPEER, 1),
             (pycurl.SSL_VERIFYHOST, 2),
-            (pycurl.TIMEOUT_MS, self.total_ms),
             (pycurl.CONNECTTIMEOUT_MS, self.connect_ms),
             (pycurl.USERAGENT, "apievents"),
             (pycurl.MAXAGE_CONN, KEEPALIVE_SECONDS),
@@ -218,7 +236,9 @@ class Sender:
         return handle
 
     async def close(self) -> None:
-        """Close pooled connections and the lookup threads."""
+        """Close pooled connections and the lookup threads; a POST still running is aborted
+        and raises SenderClosed."""
+        self.closed = True
         if self.transfers is not None:
             self.transfers.close()
         for handle in self.idle:
@@ -278,15 +298,12 @@ def _target(url: str) -> _Target:
     if parts.scheme not in ("http", "https") or not host:
         raise ValueError("not an http(s) URL with a host")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-        literal = True
-    except ValueError:
-        literal = False
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError as e:
-            raise ValueError(f"host is not a valid name ({e})") from None
+    literal = _is_address(host)
+    if not literal:
+        name = ascii_host(host)  # libcurl decodes %61 to "a": only plain names go on
+        if name is None:
+            raise ValueError("host is not a valid name")
+        host = name
     netloc = f"[{host}]" if ":" in host else host
     if parts.port is not None:  # as written: the Host header names a default port only if
         netloc += f":{port}"  # the URL did
@@ -297,13 +314,22 @@ def _target(url: str) -> _Target:
     return _Target(rebuilt, host, port, literal)
 
 
-def _header_lines(headers: dict[str, str]) -> list[str]:
-    """libcurl's header lines; "Name;" sends an empty value ("Name:" would drop the header)."""
-    lines = [f"{name}: {value}" if value else f"{name};" for name, value in headers.items()]
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _header_lines(headers: dict[str, str]) -> list[bytes]:
+    """libcurl's header lines, in UTF-8. "Name;" sends an empty value: libcurl drops a
+    header whose value is blank ("Name:"), and the empty one must still go out."""
+    lines = [f"{k}: {v}" if v.strip() else f"{k};" for k, v in headers.items()]
     if any("\r" in line or "\n" in line or "\0" in line for line in lines):
         raise ValueError("a header holds a line break")
     lines.append("Expect:")  # no 100-continue round trip before a large body
-    return lines
+    return [line.encode() for line in lines]
 
 
 def _since(started: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from apievents.common.ssrf import EndpointPolicy
-from apievents.worker.sender import Answer, Sender
+from apievents.worker.sender import Answer, Sender, SenderClosed
 from tests.support.services import LOOPBACK_POLICY
 
 pytestmark = pytest.mark.integration
@@ -25,6 +26,7 @@ class Seen:
     connections: int = 0
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     hold: threading.Event = field(default_factory=threading.Event)
+    delay: float = 0.0
 
 
 def server(seen: Seen) -> ThreadingHTTPServer:
@@ -40,6 +42,7 @@ def server(seen: Seen) -> ThreadingHTTPServer:
             seen.requests.append((self.requestline, dict(self.headers.items()), body))
             if self.path.startswith("/hold"):
                 seen.hold.wait(10)
+            time.sleep(seen.delay)
             self.send_response(200)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -192,3 +195,71 @@ def test_a_hanging_name_delays_no_other_post(seen: Any, monkeypatch: pytest.Monk
     fine, hanging = asyncio.run(both())
     assert fine.ok
     assert hanging.error_class == "refused" and "does not resolve" in (hanging.error or "")
+
+
+@pytest.mark.parametrize("host", ["%61.test", "%6cocalhost", "a%2etest"])
+def test_a_host_that_libcurl_would_decode_is_never_looked_up(
+    host: str, seen: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python keeps %61 in a host name, libcurl decodes it: such a name would be vetted as one
+    name and looked up by libcurl, past our resolver, as another."""
+    asked: list[str] = []
+    real = socket.getaddrinfo
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda h, *a, **k: asked.append(h) or real("127.0.0.1", *a, **k)
+    )
+    answer = run(lambda s: s.post(f"http://{host}:{seen.port}/x", b"[]", {}))
+    assert answer.error_class == "invalid_url"
+    assert asked == [] and seen.connections == 0
+
+
+def test_the_lookup_counts_toward_the_deadline(seen: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = socket.getaddrinfo
+
+    def slow(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)
+        return real("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    seen.delay = 0.8  # the server answers 0.8 s after the request: 1.8 s in all, past 1.5 s
+
+    async def go() -> Answer:
+        sender = Sender(1.0, 0.5, 4, LOOPBACK_POLICY, dns_timeout=5.0)
+        try:
+            return await sender.post(f"http://slow-dns.test:{seen.port}/x", b"[]", {})
+        finally:
+            await sender.close()
+
+    assert asyncio.run(go()).error_class == "timeout"
+
+
+def test_header_values_go_out_in_utf8_and_blank_ones_are_kept(seen: Any) -> None:
+    headers = {"Authorization": " ", "Workstation": "Zoë"}
+    assert run(lambda s: s.post(f"http://127.0.0.1:{seen.port}/u", b"[]", headers)).ok
+    got = seen.requests[0][1]
+    assert got["Authorization"] == ""
+    assert got["Workstation"].encode("latin-1").decode() == "Zoë"  # http.server reads latin-1
+
+
+def test_a_post_waiting_for_its_lookup_when_the_sender_closes_is_never_sent(
+    seen: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, release = socket.getaddrinfo, threading.Event()
+
+    def held(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        release.wait(5)
+        return real("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", held)
+
+    async def go() -> None:
+        sender = Sender(3.0, 1.0, 4, LOOPBACK_POLICY)
+        waiting = asyncio.ensure_future(sender.post(f"http://held.test:{seen.port}/", b"[]", {}))
+        await asyncio.sleep(0.2)
+        await sender.close()
+        release.set()
+        with pytest.raises(SenderClosed):
+            await waiting
+
+    asyncio.run(go())
+    assert seen.connections == 0

@@ -14,6 +14,8 @@ from apievents.common.ssrf import EndpointPolicy
         "http://192.168.1.14:2097/",
         "https://hooks.example.com/od?x=1",
         "http://[::1]:8080/a",
+        "https://bücher.example/hook",
+        "https://hooks.example.com./x",
     ],
 )
 def test_good_urls(url: str) -> None:
@@ -32,6 +34,8 @@ def test_good_urls(url: str) -> None:
         "http://host:0/",
         "javascript:alert(1)",
         "http://" + "a" * 64 + ".com/",
+        "http://%61.example.com/",  # libcurl would decode it to a.example.com
+        "http://a%2e127.0.0.1.nip.io/",
         "",
     ],
 )

@@ -442,6 +442,16 @@ WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(ho
 """
 
 
+# Whether a worker still holds a claim whose lease it knows to outlast its next POST: a read,
+# with no row version and no WAL, where EXTEND_LEASE would write both (every batch of a
+# window checks its claim).
+CLAIM_HELD = """
+SELECT 1 FROM apievents.subscription
+WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
+  AND NOT claim_revoked AND claim_expires_at > now()
+"""
+
+
 # The attempt-log rows of a committer batch, in one statement.
 RECORD_ATTEMPTS = """
 INSERT INTO apievents.attempt (subscription_num, window_start, window_end, batch, rows,

@@ -1,11 +1,12 @@
-"""Delivering one taken-over window: page, extend the lease, POST, checkpoint, report.
+"""Delivering one taken-over window: page, keep the claim, POST, checkpoint, report.
 
 A window stops at the first answer that is not 200. Its outcome carries the position of its
 last row answered 200, so a failure after progress keeps that progress. Every
 ``checkpoint_batches`` batches a Checkpoint is handed on, so a worker that dies resends at
-most that many. The lease is extended right before every POST but the first (the take-over
-set it), so a window whose claim moved on (an edit revoked it, another worker took it over
-after the lease ran out) never sends another batch.
+most that many. Right before every POST but the first (the take-over set the lease), the
+claim is checked, and its lease extended once what is left of it might not cover the POST,
+so a window whose claim moved on (an edit revoked it, another worker took it over after the
+lease ran out) never sends another batch.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class _Window:
                 self._next = asyncio.create_task(self._read(rows.position(page[-1])))
             async with self.ctx.posts:
                 if self.batches or not self._lease_fresh():
-                    await self._extend_lease()
+                    await self._keep_claim()
                 answer = await self._post(page)
             if not answer.ok:
                 self._cancel_read()
@@ -156,15 +157,22 @@ class _Window:
         """Whether the take-over's lease is recent enough for the first POST without another
         round trip: under half a second old (an edit cannot have gone unseen for longer), and
         with a whole POST deadline of it left. Otherwise (a wait for a POST slot, say) the
-        lease is extended first, which also finds a claim that an edit revoked."""
+        claim is checked first (_keep_claim), which finds a claim that an edit revoked."""
         elapsed = asyncio.get_running_loop().time() - self.leased
         return elapsed < min(FRESH_LEASE, self.ctx.lease - self.ctx.deadline - 1.0)
 
-    async def _extend_lease(self) -> None:
-        params = self.t.claim | {"lease": self.ctx.lease}
-        self.leased = asyncio.get_running_loop().time()
+    async def _keep_claim(self) -> None:
+        """Make sure the claim is still ours, and its lease outlasts the next POST: a read
+        while the last extension covers a whole POST deadline and a second more, an
+        extension otherwise. Either finds a claim that an edit revoked."""
+        now = asyncio.get_running_loop().time()
+        if now - self.leased < self.ctx.lease - self.ctx.deadline - 1.0:
+            statement, params = queries.CLAIM_HELD, self.t.claim
+        else:  # the lease starts when the statement is sent: never later than the database
+            self.leased = now  # thinks (its now() is the statement's start)
+            statement, params = queries.EXTEND_LEASE, self.t.claim | {"lease": self.ctx.lease}
         async with self.ctx.pool.connection() as conn:
-            if (await conn.execute(queries.EXTEND_LEASE, params)).rowcount != 1:
+            if (await conn.execute(statement, params)).rowcount != 1:
                 self._cancel_read()
                 raise _LostClaim
 

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+import pytest
 from prometheus_client import REGISTRY
 
 from apievents.committer.apply import CHECKPOINT, STALE, apply_batch
@@ -122,17 +123,29 @@ def test_a_failure_after_progress_resends_from_the_first_unanswered_batch(
     assert state(conn, num)["ConsecutiveFailures"] == 0
 
 
+@pytest.mark.parametrize(
+    ("lease", "rows"),
+    [
+        (1.0, 100),  # shorter than a POST deadline and a second: extended before every POST
+        (3.0, 200),  # long enough to skip extensions for a while (claim reads), then extended
+    ],
+)
 def test_a_window_longer_than_its_lease_extends_it_and_never_runs_twice(
-    database_url: str, prefix: str, conn: psycopg.Connection[Any], receiver: Receiver
+    lease: float,
+    rows: int,
+    database_url: str,
+    prefix: str,
+    conn: psycopg.Connection[Any],
+    receiver: Receiver,
 ) -> None:
     receiver.behaviours["/slow"] = sleep_then(0.25)
     num = subscribe(conn, receiver.url("/slow"))
-    keys = insert_appointments(conn, 100)
+    keys = insert_appointments(conn, rows)
     settings = fast_settings(
         database_url,
         prefix,
         batch_size=10,
-        lease_seconds=1.0,
+        lease_seconds=lease,
         http_timeout=0.5,
         http_connect_timeout=0.2,
     )
@@ -141,7 +154,8 @@ def test_a_window_longer_than_its_lease_extends_it_and_never_runs_twice(
         wait_for(lambda: caught_up(conn, num, keys), 30, "the window")
     finally:
         p.stop_all()
-    # 10 batches x 0.25 s outlive the 1 s lease: the lease was extended, so no second job ran.
+    # 10 (20) batches x 0.25 s outlive the 1 s (3 s) lease: it was extended, so no second job
+    # ran (a second worker waits for the lease to run out).
     assert [r["AptNum"] for r in receiver.delivered("/slow")] == keys
     assert receiver.max_concurrent["/slow"] == 1
 

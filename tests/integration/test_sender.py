@@ -263,3 +263,28 @@ def test_a_post_waiting_for_its_lookup_when_the_sender_closes_is_never_sent(
 
     asyncio.run(go())
     assert seen.connections == 0
+
+
+def test_a_full_pool_of_idle_connections_makes_room_for_another_host() -> None:
+    """Connections are capped at the worker's concurrency, idle ones included: a POST to a
+    new host closes the oldest idle one instead of waiting for it to expire."""
+    servers = [Seen() for _ in range(3)]
+    running = [server(s) for s in servers]
+    try:
+
+        async def go() -> list[Answer]:
+            sender = Sender(2.0, 1.0, 2, LOOPBACK_POLICY)  # at most 2 connections
+            try:
+                return [
+                    await sender.post(f"http://127.0.0.1:{r.server_address[1]}/", b"[]", {})
+                    for r in running
+                ]
+            finally:
+                await sender.close()
+
+        assert all(a.ok for a in asyncio.run(go()))
+        assert [s.connections for s in servers] == [1, 1, 1]
+    finally:
+        for r in running:
+            r.shutdown()
+            r.server_close()

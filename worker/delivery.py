@@ -111,7 +111,7 @@ class _Window:
         self.sent = self.batches = 0
         self.position: tuple[Any, Any] | None = None  # of the last row answered 200
         self.seq = target.seq
-        self.leased = asyncio.get_running_loop().time()  # the take-over set the lease
+        self.leased = target.leased_at  # the take-over set the lease
         self.attempts: list[dict[str, Any]] = []
         self._next: asyncio.Task[list[Row]] | None = None
 
@@ -164,13 +164,22 @@ class _Window:
     async def _keep_claim(self) -> None:
         """Make sure the claim is still ours, and its lease outlasts the next POST: a read
         while the last extension covers a whole POST deadline and a second more, an
-        extension otherwise. Either finds a claim that an edit revoked."""
-        now = asyncio.get_running_loop().time()
-        if now - self.leased < self.ctx.lease - self.ctx.deadline - 1.0:
-            statement, params = queries.CLAIM_HELD, self.t.claim
-        else:  # the lease starts when the statement is sent: never later than the database
-            self.leased = now  # thinks (its now() is the statement's start)
-            statement, params = queries.EXTEND_LEASE, self.t.claim | {"lease": self.ctx.lease}
+        extension otherwise (also when the read itself took so long that it no longer
+        does). Either finds a claim that an edit revoked."""
+        if self._lease_covers_a_post():
+            await self._claim_statement(queries.CLAIM_HELD, self.t.claim)
+            if self._lease_covers_a_post():
+                return
+        # The lease starts when the statement is sent: never later than the database thinks
+        # (its now() is the statement's start).
+        self.leased = asyncio.get_running_loop().time()
+        await self._claim_statement(queries.EXTEND_LEASE, self.t.claim | {"lease": self.ctx.lease})
+
+    def _lease_covers_a_post(self) -> bool:
+        elapsed = asyncio.get_running_loop().time() - self.leased
+        return elapsed < self.ctx.lease - self.ctx.deadline - 1.0
+
+    async def _claim_statement(self, statement: str, params: dict[str, Any]) -> None:
         async with self.ctx.pool.connection() as conn:
             if (await conn.execute(statement, params)).rowcount != 1:
                 self._cancel_read()

@@ -39,6 +39,8 @@ class Target:
     workstation: str
     secrets: tuple[str, ...]
     watch_table: WatchTable
+    leased_at: float  # the loop's clock right before the take-over was sent: the database's
+    # lease started no earlier
 
     @property
     def resumes_where_issued(self) -> bool:
@@ -69,9 +71,11 @@ def statement(jobs: Sequence[Job], lease: float) -> tuple[str, dict[str, Any], s
     return queries.TAKE_OVER, params, holder
 
 
-def targets(rows: Sequence[Sequence[Any]], jobs: Sequence[Job], holder: str) -> dict[str, Target]:
+def targets(
+    rows: Sequence[Sequence[Any]], jobs: Sequence[Job], holder: str, leased_at: float
+) -> dict[str, Target]:
     """The taken-over windows by job id, from the take-over's rows (which carry the registry
-    row of each window's WatchTable)."""
+    row of each window's WatchTable); ``leased_at`` is when the take-over was sent."""
     by_id = {j.job_id: j for j in jobs}
     found = {}
     for row in rows:
@@ -79,7 +83,7 @@ def targets(rows: Sequence[Sequence[Any]], jobs: Sequence[Job], holder: str) -> 
         job = by_id[job_id]
         live = tuple(s for s in (secret, previous) if s)
         wt = _watch_table(tuple(row[9:]))
-        found[job_id] = Target(job, holder, start, cursor, seq, url, ck, ws, live, wt)
+        found[job_id] = Target(job, holder, start, cursor, seq, url, ck, ws, live, wt, leased_at)
     return found
 
 

@@ -134,6 +134,7 @@ class DatabaseWindows:
         shared = reads.shared_reads(jobs, tables)
         limit = self.s.batch_size
         async with self.pool.connection() as conn:
+            sent = asyncio.get_running_loop().time()  # the claims' leases start after this
             try:
                 async with conn.pipeline():
                     taken = await conn.execute(sql, params)
@@ -145,6 +146,7 @@ class DatabaseWindows:
                 # table) and took the take-over down with it in the pipeline's transaction:
                 # take over alone; each window's own read then reports the error on its own
                 # subscription, and no other window waits for it.
+                sent = asyncio.get_running_loop().time()
                 taken, cursors, shared = await conn.execute(sql, params), [], []
             rows = await taken.fetchall()
             firsts: dict[str, FirstPage] = {}
@@ -156,7 +158,7 @@ class DatabaseWindows:
                     log.exception(  # only the shared read: its windows read their own pages
                         "shared_read_unusable", extra={"watch_table": read.watch_table.name}
                     )
-        found_targets = takeover.targets(rows, jobs, holder)
+        found_targets = takeover.targets(rows, jobs, holder, sent)
         for job_id, target in found_targets.items():
             if tables.get(target.watch_table.name) != target.watch_table:
                 firsts.pop(job_id, None)  # read from a stale definition: the window reads anew

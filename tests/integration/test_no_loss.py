@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from apievents.committer.apply import CHECKPOINT, STALE, apply_batch
-from apievents.common import metrics
+from apievents.common import metrics, queries
 from apievents.common.messages import Checkpoint, Outcome, new_id
 from apievents.common.retry import RetryPolicy
 from tests.integration.conftest import (
@@ -158,6 +158,50 @@ def test_a_window_longer_than_its_lease_extends_it_and_never_runs_twice(
     # ran (a second worker waits for the lease to run out).
     assert [r["AptNum"] for r in receiver.delivered("/slow")] == keys
     assert receiver.max_concurrent["/slow"] == 1
+
+
+def test_a_claim_check_that_returns_late_extends_the_lease_before_the_post(
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    prefix: str,
+    conn: psycopg.Connection[Any],
+    receiver: Receiver,
+) -> None:
+    """The claim read takes 2.5 s, so the lease it judged long enough (3 s from the
+    take-over) is not any more when it returns: the worker extends it before the POST, so
+    every batch arrives with more than a POST deadline (0.7 s) of lease left."""
+    slow = queries.CLAIM_HELD.replace("SELECT 1 FROM", "SELECT 1 FROM pg_sleep(2.5),", 1)
+    monkeypatch.setattr(queries, "CLAIM_HELD", slow)
+    num = subscribe(conn, receiver.url("/late"))
+    keys = insert_appointments(conn, 30)
+    left: list[float] = []
+
+    def lease_left(n: int) -> int:
+        with psycopg.connect(database_url, autocommit=True) as c:
+            row = c.execute(
+                "SELECT extract(epoch FROM claim_expires_at - clock_timestamp())"
+                " FROM apievents.subscription WHERE subscription_num = %s",
+                (num,),
+            ).fetchone()
+        left.append(float(row[0]) if row and row[0] is not None else -1.0)
+        return 200
+
+    receiver.behaviours["/late"] = lease_left
+    settings = fast_settings(
+        database_url,
+        prefix,
+        batch_size=10,
+        lease_seconds=3.0,
+        http_timeout=0.5,
+        http_connect_timeout=0.2,
+    )
+    p = Pipeline(settings).start_all()
+    try:
+        wait_for(lambda: caught_up(conn, num, keys), 60, "the window")
+    finally:
+        p.stop_all()
+    assert [r["AptNum"] for r in receiver.delivered("/late")] == keys
+    assert len(left) == 3 and min(left) > 0.7, left
 
 
 def test_checkpoints_never_go_backwards_and_stale_ones_are_ignored(

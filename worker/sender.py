@@ -204,7 +204,7 @@ class Sender:
     async def _resolve(self, target: _Target) -> list[str]:
         """The CURLOPT_RESOLVE entry that pins ``target``'s name to its vetted addresses."""
         if target.literal:  # libcurl dials a literal without resolving: vet it here
-            reason = self.policy.refusal(target.host)
+            reason = _literal_refusal(self.policy, target.host)
             if reason:
                 raise EndpointRefused(f"{target.host} is {reason}")
             return []
@@ -312,6 +312,13 @@ def _target(url: str) -> _Target:
         netloc = f"{userinfo}@{netloc}"
     rebuilt = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
     return _Target(rebuilt, host, port, literal)
+
+
+@lru_cache(maxsize=4096)
+def _literal_refusal(policy: EndpointPolicy, address: str) -> str | None:
+    """Why a literal address is refused: the answer for an address and a policy never
+    changes, and literals repeat every poll."""
+    return policy.refusal(address)
 
 
 def _is_address(host: str) -> bool:

@@ -442,13 +442,14 @@ WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(ho
 """
 
 
-# Whether a worker still holds a claim whose lease it knows to outlast its next POST: a read,
-# with no row version and no WAL, where EXTEND_LEASE would write both (every batch of a
-# window checks its claim).
+# Whether a worker still holds a claim whose lease outlasts its next POST by ``margin``
+# seconds, by the database's clock: a read, with no row version and no WAL, where
+# EXTEND_LEASE would write both (every batch of a window checks its claim). No row: revoked,
+# moved on, or the lease is too short (the worker then extends it, or finds it lost).
 CLAIM_HELD = """
 SELECT 1 FROM apievents.subscription
 WHERE subscription_num = %(num)s AND claim_job = %(job)s AND claim_holder = %(holder)s
-  AND NOT claim_revoked AND claim_expires_at > now()
+  AND NOT claim_revoked AND claim_expires_at > now() + %(margin)s * interval '1 second'
 """
 
 

@@ -162,28 +162,38 @@ class _Window:
         return elapsed < min(FRESH_LEASE, self.ctx.lease - self.ctx.deadline - 1.0)
 
     async def _keep_claim(self) -> None:
-        """Make sure the claim is still ours, and its lease outlasts the next POST: a read
-        while the last extension covers a whole POST deadline and a second more, an
-        extension otherwise (also when the read itself took so long that it no longer
-        does). Either finds a claim that an edit revoked."""
-        if self._lease_covers_a_post():
-            await self._claim_statement(queries.CLAIM_HELD, self.t.claim)
-            if self._lease_covers_a_post():
+        """Make sure the claim is still ours and its lease outlasts the next POST with room to
+        spare (a second and more, see _spare): a read while the last extension leaves that
+        much by this worker's clock and by the database's, an extension otherwise. Either
+        finds a claim that an edit revoked."""
+        if self._spare_left():
+            params = self.t.claim | {"margin": self.ctx.deadline + self._spare()}
+            held = await self._claim_statement(queries.CLAIM_HELD, params)
+            if held and self._spare_left():  # and the read did not take the room it found
                 return
         # The lease starts when the statement is sent: never later than the database thinks
         # (its now() is the statement's start).
         self.leased = asyncio.get_running_loop().time()
-        await self._claim_statement(queries.EXTEND_LEASE, self.t.claim | {"lease": self.ctx.lease})
+        params = self.t.claim | {"lease": self.ctx.lease}
+        if not await self._claim_statement(queries.EXTEND_LEASE, params):
+            raise _LostClaim
+        if asyncio.get_running_loop().time() - self.leased >= self.ctx.lease - self.ctx.deadline:
+            raise _LostClaim  # the extension came back too late to cover a POST: stop here
 
-    def _lease_covers_a_post(self) -> bool:
+    def _spare(self) -> float:
+        """The room a lease keeps beyond a POST's deadline: half of what is left of the lease
+        after a deadline (42.5 s by default), at least a second."""
+        return max(1.0, (self.ctx.lease - self.ctx.deadline) / 2)
+
+    def _spare_left(self) -> bool:
         elapsed = asyncio.get_running_loop().time() - self.leased
-        return elapsed < self.ctx.lease - self.ctx.deadline - 1.0
+        return elapsed < self.ctx.lease - self.ctx.deadline - self._spare()
 
-    async def _claim_statement(self, statement: str, params: dict[str, Any]) -> None:
+    async def _claim_statement(self, statement: str, params: dict[str, Any]) -> bool:
+        """Whether the statement found the claim (the read-ahead goes on either way: a claim
+        read that finds too short a lease is followed by an extension, not a stop)."""
         async with self.ctx.pool.connection() as conn:
-            if (await conn.execute(statement, params)).rowcount != 1:
-                self._cancel_read()
-                raise _LostClaim
+            return bool((await conn.execute(statement, params)).rowcount == 1)
 
     async def _post(self, page: list[Row]) -> Answer:
         body = rows.encode(self.wt, page)

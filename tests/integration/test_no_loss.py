@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from apievents.committer.apply import CHECKPOINT, STALE, apply_batch
 from apievents.common import metrics, queries
 from apievents.common.messages import Checkpoint, Outcome, new_id
 from apievents.common.retry import RetryPolicy
+from apievents.worker import reads
 from tests.integration.conftest import (
     caught_up,
     cursor,
@@ -160,20 +162,13 @@ def test_a_window_longer_than_its_lease_extends_it_and_never_runs_twice(
     assert receiver.max_concurrent["/slow"] == 1
 
 
-def test_a_claim_check_that_returns_late_extends_the_lease_before_the_post(
-    monkeypatch: pytest.MonkeyPatch,
-    database_url: str,
-    prefix: str,
-    conn: psycopg.Connection[Any],
-    receiver: Receiver,
-) -> None:
-    """The claim read takes 2.5 s, so the lease it judged long enough (3 s from the
-    take-over) is not any more when it returns: the worker extends it before the POST, so
-    every batch arrives with more than a POST deadline (0.7 s) of lease left."""
-    slow = queries.CLAIM_HELD.replace("SELECT 1 FROM", "SELECT 1 FROM pg_sleep(2.5),", 1)
-    monkeypatch.setattr(queries, "CLAIM_HELD", slow)
-    num = subscribe(conn, receiver.url("/late"))
-    keys = insert_appointments(conn, 30)
+def _lease_left_at_each_batch(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver, prefix: str
+) -> list[float]:
+    """Run one 40-row window in batches of 10, each answered in 0.3 s, with a 3 s lease and a
+    0.7 s POST deadline; the lease left (by the database's clock) as each batch arrives."""
+    num = subscribe(conn, receiver.url("/lease"))
+    keys = insert_appointments(conn, 40)
     left: list[float] = []
 
     def lease_left(n: int) -> int:
@@ -184,9 +179,10 @@ def test_a_claim_check_that_returns_late_extends_the_lease_before_the_post(
                 (num,),
             ).fetchone()
         left.append(float(row[0]) if row and row[0] is not None else -1.0)
+        time.sleep(0.3)
         return 200
 
-    receiver.behaviours["/late"] = lease_left
+    receiver.behaviours["/lease"] = lease_left
     settings = fast_settings(
         database_url,
         prefix,
@@ -200,8 +196,65 @@ def test_a_claim_check_that_returns_late_extends_the_lease_before_the_post(
         wait_for(lambda: caught_up(conn, num, keys), 60, "the window")
     finally:
         p.stop_all()
-    assert [r["AptNum"] for r in receiver.delivered("/late")] == keys
-    assert len(left) == 3 and min(left) > 0.7, left
+    assert [r["AptNum"] for r in receiver.delivered("/lease")] == keys
+    return left
+
+
+def test_a_claim_check_that_returns_late_extends_the_lease_before_the_post(
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    prefix: str,
+    conn: psycopg.Connection[Any],
+    receiver: Receiver,
+) -> None:
+    """The claim read takes 2.5 s, so the lease it judged long enough (3 s from the
+    take-over) is not any more when it returns: the worker extends it before the POST, so
+    every batch arrives with more than a POST deadline (0.7 s) of lease left."""
+    slow = queries.CLAIM_HELD.replace("SELECT 1 FROM", "SELECT 1 FROM pg_sleep(2.5),", 1)
+    monkeypatch.setattr(queries, "CLAIM_HELD", slow)
+    left = _lease_left_at_each_batch(database_url, conn, receiver, prefix)
+    assert len(left) == 4 and min(left) > 0.7, left
+
+
+def test_a_slow_take_over_counts_against_the_lease(
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    prefix: str,
+    conn: psycopg.Connection[Any],
+    receiver: Receiver,
+) -> None:
+    """The take-over's transaction (with the shared reads) takes 1.5 s: the lease it set
+    started at its beginning, and the worker counts from there, not from when it was done."""
+    shared = reads.run_shared
+
+    async def slow_shared(c: Any, *args: Any) -> Any:
+        await c.execute("SELECT pg_sleep(1.5)")
+        return await shared(c, *args)
+
+    monkeypatch.setattr(reads, "run_shared", slow_shared)
+    left = _lease_left_at_each_batch(database_url, conn, receiver, prefix)
+    assert len(left) == 4 and min(left) > 0.7, left
+
+
+def test_a_claim_read_that_finds_too_short_a_lease_extends_it_and_sends_every_row(
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    prefix: str,
+    conn: psycopg.Connection[Any],
+    receiver: Receiver,
+) -> None:
+    """By the database's clock the lease is always too short here (the read finds no row):
+    every batch then extends it, and the window goes on to its last row."""
+    monkeypatch.setattr(queries, "CLAIM_HELD", queries.CLAIM_HELD + " AND false")
+    num = subscribe(conn, receiver.url("/short"))
+    keys = insert_appointments(conn, 30)
+    p = Pipeline(fast_settings(database_url, prefix, batch_size=10)).start_all()
+    try:
+        wait_for(lambda: caught_up(conn, num, keys), 30, "the window")
+    finally:
+        p.stop_all()
+    assert [r["AptNum"] for r in receiver.delivered("/short")] == keys
+    assert state(conn, num)["ConsecutiveFailures"] == 0
 
 
 def test_checkpoints_never_go_backwards_and_stale_ones_are_ignored(

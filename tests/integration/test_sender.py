@@ -27,6 +27,7 @@ class Seen:
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     hold: threading.Event = field(default_factory=threading.Event)
     delay: float = 0.0
+    port: int = 0
 
 
 def server(seen: Seen) -> ThreadingHTTPServer:
@@ -61,7 +62,7 @@ def server(seen: Seen) -> ThreadingHTTPServer:
 def seen() -> Iterator[Seen]:
     found = Seen()
     httpd = server(found)
-    found.port = httpd.server_address[1]  # type: ignore[attr-defined]
+    found.port = httpd.server_address[1]
     try:
         yield found
     finally:
@@ -81,7 +82,7 @@ def run(use: Callable[[Sender], Awaitable[T]], policy: EndpointPolicy = LOOPBACK
     return asyncio.run(go())
 
 
-def test_headers_go_out_as_given_over_http_1_1(seen: Any) -> None:
+def test_headers_go_out_as_given_over_http_1_1(seen: Seen) -> None:
     headers = {"Content-Type": "application/json", "Authorization": "", "Workstation": "w 1"}
     answer = run(lambda s: s.post(f"http://127.0.0.1:{seen.port}/x?a=1", b"[1]", headers))
     assert answer.ok and answer.http_status == 200
@@ -93,7 +94,7 @@ def test_headers_go_out_as_given_over_http_1_1(seen: Any) -> None:
     assert "Expect" not in got and "Accept-Encoding" not in got and "Cookie" not in got
 
 
-def test_connections_are_kept_alive(seen: Any) -> None:
+def test_connections_are_kept_alive(seen: Seen) -> None:
     async def many(s: Sender) -> list[Answer]:
         return [await s.post(f"http://127.0.0.1:{seen.port}/k", b"[]", {}) for _ in range(20)]
 
@@ -101,7 +102,7 @@ def test_connections_are_kept_alive(seen: Any) -> None:
     assert len(seen.requests) == 20 and seen.connections == 1
 
 
-def test_proxy_variables_are_ignored(seen: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_proxy_variables_are_ignored(seen: Seen, monkeypatch: pytest.MonkeyPatch) -> None:
     trap = Seen()
     proxy = server(trap)
     try:
@@ -116,14 +117,14 @@ def test_proxy_variables_are_ignored(seen: Any, monkeypatch: pytest.MonkeyPatch)
     assert len(seen.requests) == 1 and trap.connections == 0
 
 
-def test_a_header_with_a_line_break_is_never_sent(seen: Any) -> None:
+def test_a_header_with_a_line_break_is_never_sent(seen: Seen) -> None:
     smuggled = {"Workstation": "w\r\nX-Injected: 1"}
     with pytest.raises(ValueError, match="line break"):
         run(lambda s: s.post(f"http://127.0.0.1:{seen.port}/h", b"[]", smuggled))
     assert seen.connections == 0
 
 
-def test_a_post_cancelled_midway_leaves_the_sender_usable(seen: Any) -> None:
+def test_a_post_cancelled_midway_leaves_the_sender_usable(seen: Seen) -> None:
     async def cancel_then_post(s: Sender) -> Answer:
         held = asyncio.ensure_future(s.post(f"http://127.0.0.1:{seen.port}/hold", b"[]", {}))
         while not seen.requests:
@@ -138,7 +139,7 @@ def test_a_post_cancelled_midway_leaves_the_sender_usable(seen: Any) -> None:
 
 
 def test_the_address_dialled_is_vetted_even_if_the_name_check_is_skipped(
-    seen: Any, monkeypatch: pytest.MonkeyPatch
+    seen: Seen, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The check at connect stands alone: with the name check skipped (as for a URL that
     libcurl reads apart from Python), a refused address is still never dialled."""
@@ -153,7 +154,7 @@ def test_the_address_dialled_is_vetted_even_if_the_name_check_is_skipped(
 
 
 def test_an_international_name_is_sent_in_its_ascii_form(
-    seen: Any, monkeypatch: pytest.MonkeyPatch
+    seen: Seen, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = socket.getaddrinfo
     asked: list[str] = []
@@ -169,7 +170,7 @@ def test_an_international_name_is_sent_in_its_ascii_form(
     assert seen.requests[0][1]["Host"] == f"xn--bcher-kva.test:{seen.port}"
 
 
-def test_a_hanging_name_delays_no_other_post(seen: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hanging_name_delays_no_other_post(seen: Seen, monkeypatch: pytest.MonkeyPatch) -> None:
     real, release = socket.getaddrinfo, threading.Event()
 
     def lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
@@ -199,7 +200,7 @@ def test_a_hanging_name_delays_no_other_post(seen: Any, monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("host", ["%61.test", "%6cocalhost", "a%2etest"])
 def test_a_host_that_libcurl_would_decode_is_never_looked_up(
-    host: str, seen: Any, monkeypatch: pytest.MonkeyPatch
+    host: str, seen: Seen, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Python keeps %61 in a host name, libcurl decodes it: such a name would be vetted as one
     name and looked up by libcurl, past our resolver, as another."""
@@ -213,7 +214,7 @@ def test_a_host_that_libcurl_would_decode_is_never_looked_up(
     assert asked == [] and seen.connections == 0
 
 
-def test_the_lookup_counts_toward_the_deadline(seen: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_lookup_counts_toward_the_deadline(seen: Seen, monkeypatch: pytest.MonkeyPatch) -> None:
     real = socket.getaddrinfo
 
     def slow(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
@@ -233,7 +234,7 @@ def test_the_lookup_counts_toward_the_deadline(seen: Any, monkeypatch: pytest.Mo
     assert asyncio.run(go()).error_class == "timeout"
 
 
-def test_header_values_go_out_in_utf8_and_blank_ones_are_kept(seen: Any) -> None:
+def test_header_values_go_out_in_utf8_and_blank_ones_are_kept(seen: Seen) -> None:
     headers = {"Authorization": " ", "Workstation": "Zoë"}
     assert run(lambda s: s.post(f"http://127.0.0.1:{seen.port}/u", b"[]", headers)).ok
     got = seen.requests[0][1]
@@ -242,7 +243,7 @@ def test_header_values_go_out_in_utf8_and_blank_ones_are_kept(seen: Any) -> None
 
 
 def test_a_post_waiting_for_its_lookup_when_the_sender_closes_is_never_sent(
-    seen: Any, monkeypatch: pytest.MonkeyPatch
+    seen: Seen, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real, release = socket.getaddrinfo, threading.Event()
 

@@ -72,6 +72,12 @@ class _LostClaim(Exception):
     """The lease could not be extended: the claim was revoked, taken over, or is gone."""
 
 
+class _SlowDatabase(TimeoutError):
+    """An extension came back with less than a POST's deadline of lease left. The claim is
+    still ours: the window is requeued like one whose database went away (and goes on from
+    its last checkpoint once its lease runs out), with no failure counted."""
+
+
 async def deliver(ctx: Context, target: Target, first: FirstPage | None) -> Outcome | Disposition:
     """Run the window to an Outcome; a Disposition only when there is nothing to report."""
     window = _Window(ctx, target)
@@ -126,9 +132,11 @@ class _Window:
             if more and (full or first is not None):  # read on while this page is sent
                 self._next = asyncio.create_task(self._read(rows.position(page[-1])))
             async with self.ctx.posts:
+                body = rows.encode(self.wt, page)  # before the claim's check: nothing slow
+                headers = self.t.headers(body, self.ctx.workstation)  # between it and the POST
                 if self.batches or not self._lease_fresh():
                     await self._keep_claim()
-                answer = await self._post(page)
+                answer = await self._post(len(page), body, headers)
             if not answer.ok:
                 self._cancel_read()
                 return self.outcome(answer)
@@ -178,7 +186,7 @@ class _Window:
         if not await self._claim_statement(queries.EXTEND_LEASE, params):
             raise _LostClaim
         if asyncio.get_running_loop().time() - self.leased >= self.ctx.lease - self.ctx.deadline:
-            raise _LostClaim  # the extension came back too late to cover a POST: stop here
+            raise _SlowDatabase("the lease extension came back too late to cover a POST")
 
     def _spare(self) -> float:
         """The room a lease keeps beyond a POST's deadline: half of what is left of the lease
@@ -195,9 +203,7 @@ class _Window:
         async with self.ctx.pool.connection() as conn:
             return bool((await conn.execute(statement, params)).rowcount == 1)
 
-    async def _post(self, page: list[Row]) -> Answer:
-        body = rows.encode(self.wt, page)
-        headers = self.t.headers(body, self.ctx.workstation)
+    async def _post(self, n: int, body: bytes, headers: dict[str, str]) -> Answer:
         try:
             answer = await self.ctx.sender.post(self.t.endpoint_url, body, headers)
         except asyncio.CancelledError:  # shutdown, mid-POST: the receiver may still be
@@ -208,7 +214,7 @@ class _Window:
         self.attempts.append(
             {
                 "batch": self.batches + 1,
-                "rows": len(page),
+                "rows": n,
                 "http_status": answer.http_status,
                 "latency_ms": round(answer.seconds * 1000),
                 "error_class": answer.error_class,

@@ -16,6 +16,7 @@ from apievents.common.ssrf import EndpointPolicy, EndpointRefused
 from apievents.common.threads import DaemonThreads
 
 DNS_CACHE_SECONDS = 10.0  # how long a name's vetted addresses are used without a new lookup
+CACHE_SIZE = 4096  # names cached before the expired ones are dropped
 
 
 class GuardedResolver:
@@ -73,7 +74,10 @@ class GuardedResolver:
                 found.append(address)
         if not found:
             raise EndpointRefused(reason)
-        self.cache[(host, port)] = (time.monotonic() + DNS_CACHE_SECONDS, found)
+        now = time.monotonic()
+        if len(self.cache) >= CACHE_SIZE:  # drop what expired, so names no longer used go
+            self.cache = {k: v for k, v in self.cache.items() if v[0] > now}
+        self.cache[(host, port)] = (now + DNS_CACHE_SECONDS, found)
         return found
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import certifi
 import pycurl
@@ -106,24 +106,29 @@ class Sender:
             self.transfers = Transfers(self.concurrency)
         exchange = _Exchange(self.policy)
         handle = self._handle()
-        handle.setopt(pycurl.URL, target.url)
-        handle.setopt(pycurl.RESOLVE, resolve)
-        handle.setopt(pycurl.POSTFIELDS, body)
-        handle.setopt(pycurl.HTTPHEADER, lines)
-        handle.setopt(pycurl.TIMEOUT_MS, left_ms)
-        handle.setopt(pycurl.WRITEFUNCTION, exchange.write)
-        handle.setopt(pycurl.OPENSOCKETFUNCTION, exchange.open_socket)
         try:
+            handle.setopt(pycurl.URL, target.url)
+            handle.setopt(pycurl.RESOLVE, resolve)
+            handle.setopt(pycurl.POSTFIELDS, body)
+            handle.setopt(pycurl.HTTPHEADER, lines)
+            handle.setopt(pycurl.TIMEOUT_MS, left_ms)
+            handle.setopt(pycurl.WRITEFUNCTION, exchange.write)
+            handle.setopt(pycurl.OPENSOCKETFUNCTION, exchange.open_socket)
             errno, message = await self.transfers.run(handle)
+        except pycurl.error as e:  # an option libcurl refused: nothing was sent
+            handle.close()
+            return Answer(False, None, "invalid_url", str(e), None, _since(started))
         except BaseException:  # cancelled mid-POST: its connection was closed
             handle.close()
             raise
+        finally:
+            exchange.close()
         if self.closed:  # close() aborted it: the POST may or may not have been read
             handle.close()
             raise SenderClosed
         status = handle.getinfo(pycurl.RESPONSE_CODE)
         retry_after = handle.getinfo(pycurl.RETRY_AFTER) if status in (429, 503) else 0
-        self.idle.append(handle)
+        self._put_back(handle)
         if exchange.refused:
             return Answer(False, None, "refused", exchange.refused, None, _since(started))
         if errno and not (errno == pycurl.E_WRITE_ERROR and exchange.cut):
@@ -146,6 +151,15 @@ class Sender:
         found = await self.resolver.addresses(target.host, target.port)
         listed = ",".join(f"[{a}]" if ":" in a else a for a in found)
         return [f"{target.host}:{target.port}:{listed}"]
+
+    def _put_back(self, handle: pycurl.Curl) -> None:
+        """Keep a finished handle for the next POST, without this one's body, headers (the
+        customer's key among them) or callbacks."""
+        handle.setopt(pycurl.POSTFIELDS, b"")
+        handle.unsetopt(pycurl.HTTPHEADER)
+        handle.setopt(pycurl.WRITEFUNCTION, _discard)
+        handle.setopt(pycurl.OPENSOCKETFUNCTION, _no_socket)
+        self.idle.append(handle)
 
     def _handle(self) -> pycurl.Curl:
         if self.idle:
@@ -187,16 +201,31 @@ class Sender:
 _ERROR_CLASSES = {pycurl.E_OPERATION_TIMEDOUT: "timeout", pycurl.E_URL_MALFORMAT: "invalid_url"}
 
 
+def _discard(chunk: bytes) -> None:
+    """An idle handle's answer sink (it has no answer to read)."""
+
+
+def _no_socket(_purpose: int, _address: object) -> int:
+    """An idle handle opens no connection."""
+    return pycurl.SOCKET_BAD
+
+
 class _Exchange:
     """One POST's callbacks: the answer's size, and the address guard at connect."""
 
-    __slots__ = ("cut", "policy", "refused", "seen")
+    __slots__ = ("cut", "policy", "refused", "seen", "sockets")
 
     def __init__(self, policy: EndpointPolicy) -> None:
         self.policy = policy
         self.seen = 0
         self.cut = False
         self.refused: str | None = None
+        self.sockets: list[socket.socket] = []  # libcurl works on duplicates of these
+
+    def close(self) -> None:
+        """Close our sockets: libcurl keeps (and closes) its own duplicates."""
+        for sock in self.sockets:
+            sock.close()
 
     def write(self, chunk: bytes) -> int | None:
         """Take the answer up to 64 KiB; past that, stop (libcurl drops the connection)."""
@@ -214,7 +243,19 @@ class _Exchange:
         if reason:
             self.refused = f"connecting to {dialled} refused: {reason}"
             return pycurl.SOCKET_BAD
-        return socket.socket(family, socktype, protocol)
+        try:
+            sock = socket.socket(family, socktype, protocol)
+        except OSError:  # out of file descriptors, say: a connection error, not a traceback
+            return pycurl.SOCKET_BAD
+        self.sockets.append(sock)
+        return sock
+
+
+# What stays as written in a URL's parts (RFC 3986, with "%" so escapes stay escapes);
+# anything else, non-ASCII above all, is percent-encoded in UTF-8 as browsers do.
+_USERINFO = "%:!$&'()*+,;=-._~"
+_PATH = _USERINFO + "@/"
+_QUERY = _PATH + "?"
 
 
 @dataclass(frozen=True)
@@ -244,8 +285,9 @@ def _target(url: str) -> _Target:
         netloc += f":{port}"  # the URL did
     userinfo = parts.netloc.rpartition("@")[0]
     if userinfo:
-        netloc = f"{userinfo}@{netloc}"
-    rebuilt = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+        netloc = f"{quote(userinfo, safe=_USERINFO)}@{netloc}"
+    path, query = quote(parts.path or "/", safe=_PATH), quote(parts.query, safe=_QUERY)
+    rebuilt = urlunsplit((parts.scheme, netloc, path, query, ""))
     return _Target(rebuilt, host, port, literal)
 
 

@@ -257,6 +257,43 @@ def test_a_claim_read_that_finds_too_short_a_lease_extends_it_and_sends_every_ro
     assert state(conn, num)["ConsecutiveFailures"] == 0
 
 
+def test_an_extension_that_comes_back_too_late_requeues_the_window_without_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    prefix: str,
+    conn: psycopg.Connection[Any],
+    receiver: Receiver,
+) -> None:
+    """With a 1 s lease and a 0.7 s POST deadline every batch extends the lease; while each
+    extension takes 0.4 s, what it leaves cannot cover a POST, so no batch goes out and no
+    failure is counted (the database is slow, not the endpoint). Once it is quick again,
+    every row arrives."""
+    quick = queries.EXTEND_LEASE
+    slow = quick.replace("\nWHERE", "\nFROM (SELECT pg_sleep(0.4)) AS pause\nWHERE", 1)
+    monkeypatch.setattr(queries, "EXTEND_LEASE", slow)
+    num = subscribe(conn, receiver.url("/slowdb"))
+    keys = insert_appointments(conn, 20)
+    settings = fast_settings(
+        database_url,
+        prefix,
+        batch_size=10,
+        lease_seconds=1.0,
+        http_timeout=0.5,
+        http_connect_timeout=0.2,
+    )
+    p = Pipeline(settings).start_all()
+    try:
+        time.sleep(4)  # windows are taken over and requeued, again and again
+        assert receiver.delivered("/slowdb") == []
+        assert state(conn, num)["ConsecutiveFailures"] == 0
+        monkeypatch.setattr(queries, "EXTEND_LEASE", quick)
+        wait_for(lambda: caught_up(conn, num, keys), 30, "the window")
+    finally:
+        p.stop_all()
+    assert [r["AptNum"] for r in receiver.delivered("/slowdb")] == keys
+    assert state(conn, num)["ConsecutiveFailures"] == 0
+
+
 def test_checkpoints_never_go_backwards_and_stale_ones_are_ignored(
     conn: psycopg.Connection[Any],
 ) -> None:

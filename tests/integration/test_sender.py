@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -289,3 +290,23 @@ def test_a_full_pool_of_idle_connections_makes_room_for_another_host() -> None:
         for r in running:
             r.shutdown()
             r.server_close()
+
+
+def test_a_non_ascii_path_and_query_are_sent_percent_encoded(seen: Seen) -> None:
+    url = f"http://127.0.0.1:{seen.port}/hook/é?q=ü&kept=%2F"
+    assert run(lambda s: s.post(url, b"[]", {})).ok
+    assert seen.requests[0][0] == "POST /hook/%C3%A9?q=%C3%BC&kept=%2F HTTP/1.1"
+
+
+def test_an_idle_handle_keeps_no_body(seen: Seen) -> None:
+    """A finished POST's handle is kept for the next one, but not its body (nor its headers,
+    which carry the customer's key)."""
+    body = b"[" + b"1," * 50_000 + b"1]"
+    before = sys.getrefcount(body)
+
+    async def post_and_count(s: Sender) -> int:
+        assert (await s.post(f"http://127.0.0.1:{seen.port}/b", body, {})).ok
+        assert len(s.idle) == 1
+        return sys.getrefcount(body)
+
+    assert run(post_and_count) == before

@@ -73,9 +73,9 @@ class _LostClaim(Exception):
 
 
 class _SlowDatabase(TimeoutError):
-    """An extension came back with less than a POST's deadline of lease left. The claim is
-    still ours: the window is requeued like one whose database went away (and goes on from
-    its last checkpoint once its lease runs out), with no failure counted."""
+    """Less than a POST's deadline of lease is left right before a POST (an extension came
+    back late). The claim is still ours: the window is requeued like one whose database went
+    away (and goes on from its last checkpoint once its lease runs out), no failure counted."""
 
 
 async def deliver(ctx: Context, target: Target, first: FirstPage | None) -> Outcome | Disposition:
@@ -132,10 +132,12 @@ class _Window:
             if more and (full or first is not None):  # read on while this page is sent
                 self._next = asyncio.create_task(self._read(rows.position(page[-1])))
             async with self.ctx.posts:
-                body = rows.encode(self.wt, page)  # before the claim's check: nothing slow
-                headers = self.t.headers(body, self.ctx.workstation)  # between it and the POST
                 if self.batches or not self._lease_fresh():
-                    await self._keep_claim()
+                    await self._keep_claim()  # (its wait lets the read-ahead start first)
+                body = rows.encode(self.wt, page)
+                headers = self.t.headers(body, self.ctx.workstation)
+                if not self._lease_covers_a_post():  # encoding took what an extension left
+                    raise _SlowDatabase("the lease left does not cover a POST")
                 answer = await self._post(len(page), body, headers)
             if not answer.ok:
                 self._cancel_read()
@@ -185,13 +187,19 @@ class _Window:
         params = self.t.claim | {"lease": self.ctx.lease}
         if not await self._claim_statement(queries.EXTEND_LEASE, params):
             raise _LostClaim
-        if asyncio.get_running_loop().time() - self.leased >= self.ctx.lease - self.ctx.deadline:
+        if not self._lease_covers_a_post():
             raise _SlowDatabase("the lease extension came back too late to cover a POST")
 
     def _spare(self) -> float:
         """The room a lease keeps beyond a POST's deadline: half of what is left of the lease
         after a deadline (42.5 s by default), at least a second."""
         return max(1.0, (self.ctx.lease - self.ctx.deadline) / 2)
+
+    def _lease_covers_a_post(self) -> bool:
+        """Whether what is left of the lease, by this worker's clock, covers a POST's deadline
+        (checked right before the POST, after the body was encoded and signed)."""
+        elapsed = asyncio.get_running_loop().time() - self.leased
+        return elapsed < self.ctx.lease - self.ctx.deadline
 
     def _spare_left(self) -> bool:
         elapsed = asyncio.get_running_loop().time() - self.leased

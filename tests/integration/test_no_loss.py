@@ -15,6 +15,7 @@ from apievents.committer.apply import CHECKPOINT, STALE, apply_batch
 from apievents.common import metrics, queries
 from apievents.common.messages import Checkpoint, Outcome, new_id
 from apievents.common.retry import RetryPolicy
+from apievents.common.settings import Settings
 from apievents.worker import reads
 from tests.integration.conftest import (
     caught_up,
@@ -125,6 +126,18 @@ def test_a_failure_after_progress_resends_from_the_first_unanswered_batch(
     assert state(conn, num)["ConsecutiveFailures"] == 0
 
 
+def _short_lease(database_url: str, prefix: str, lease: float) -> Settings:
+    """Batches of 10 under a lease of ``lease`` seconds and a POST deadline of 0.7 s."""
+    return fast_settings(
+        database_url,
+        prefix,
+        batch_size=10,
+        lease_seconds=lease,
+        http_timeout=0.5,
+        http_connect_timeout=0.2,
+    )
+
+
 @pytest.mark.parametrize(
     ("lease", "rows"),
     [
@@ -143,14 +156,7 @@ def test_a_window_longer_than_its_lease_extends_it_and_never_runs_twice(
     receiver.behaviours["/slow"] = sleep_then(0.25)
     num = subscribe(conn, receiver.url("/slow"))
     keys = insert_appointments(conn, rows)
-    settings = fast_settings(
-        database_url,
-        prefix,
-        batch_size=10,
-        lease_seconds=lease,
-        http_timeout=0.5,
-        http_connect_timeout=0.2,
-    )
+    settings = _short_lease(database_url, prefix, lease)
     p = Pipeline(settings).start_all(workers=2)
     try:
         wait_for(lambda: caught_up(conn, num, keys), 30, "the window")
@@ -183,14 +189,7 @@ def _lease_left_at_each_batch(
         return 200
 
     receiver.behaviours["/lease"] = lease_left
-    settings = fast_settings(
-        database_url,
-        prefix,
-        batch_size=10,
-        lease_seconds=3.0,
-        http_timeout=0.5,
-        http_connect_timeout=0.2,
-    )
+    settings = _short_lease(database_url, prefix, 3.0)
     p = Pipeline(settings).start_all()
     try:
         wait_for(lambda: caught_up(conn, num, keys), 60, "the window")
@@ -273,14 +272,7 @@ def test_an_extension_that_comes_back_too_late_requeues_the_window_without_a_fai
     monkeypatch.setattr(queries, "EXTEND_LEASE", slow)
     num = subscribe(conn, receiver.url("/slowdb"))
     keys = insert_appointments(conn, 20)
-    settings = fast_settings(
-        database_url,
-        prefix,
-        batch_size=10,
-        lease_seconds=1.0,
-        http_timeout=0.5,
-        http_connect_timeout=0.2,
-    )
+    settings = _short_lease(database_url, prefix, 1.0)
     p = Pipeline(settings).start_all()
     try:
         time.sleep(4)  # windows are taken over and requeued, again and again

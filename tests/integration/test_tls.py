@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import trustme
 
 from apievents.worker.sender import Answer, Sender
+from tests.support.receiver import Receiver
 from tests.support.services import LOOPBACK_POLICY
 
 pytestmark = pytest.mark.integration
-
-
-class _Ok(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +23,10 @@ def ca() -> trustme.CA:
 
 
 def https_server(ca: trustme.CA, *names: str) -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert(*names).configure_cert(context)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with Receiver(tls=context) as receiver:
+        yield receiver.port
 
 
 @pytest.fixture

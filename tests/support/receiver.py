@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ class Received:
     rows: list[dict[str, Any]]
     status: int  # 0: the answer was trickled and the client may have given up
     body: bytes
+    version: str = "HTTP/1.1"  # of the request line
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,12 @@ def _hung_up(conn: socket.socket) -> bool:
 
 
 class Receiver:
-    """Start with ``with Receiver() as r:``; ``r.url('/a')`` is an endpoint."""
+    """Start with ``with Receiver() as r:``; ``r.url('/a')`` is an endpoint. With ``tls``, it
+    speaks HTTPS (its URLs are then the caller's to build)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.received: list[Received] = []
+        self.connections = 0  # accepted so far: kept-alive POSTs share one
         self.behaviours: dict[str, Behaviour] = {}
         self._counts: dict[str, int] = {}
         self._active: dict[str, int] = {}
@@ -80,6 +84,11 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver._lock:
+                    receiver.connections += 1
 
             def do_POST(self) -> None:
                 started = time.monotonic()
@@ -112,7 +121,9 @@ class Receiver:
                     reply = Reply(0, {})  # not an answer the client can count on
                 else:
                     reply = Reply(int(answer), {})
-                receiver._record(self.path, dict(self.headers), body, reply.status)
+                receiver._record(
+                    self.path, dict(self.headers), body, reply.status, self.request_version
+                )
                 try:
                     if isinstance(answer, Trickle):
                         self._trickle(answer.seconds)
@@ -145,11 +156,16 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
 
-    def _record(self, path: str, headers: dict[str, str], body: bytes, code: int) -> None:
+    def _record(
+        self, path: str, headers: dict[str, str], body: bytes, code: int, version: str
+    ) -> None:
         with self._lock:
-            self.received.append(Received(path, headers, orjson.loads(body), code, body))
+            rows = orjson.loads(body)
+            self.received.append(Received(path, headers, rows, code, body, version))
 
     def active(self, path: str = "/hook") -> int:
         """POSTs to ``path`` being answered right now."""

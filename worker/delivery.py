@@ -168,8 +168,7 @@ class _Window:
         round trip: under half a second old (an edit cannot have gone unseen for longer), and
         with a whole POST deadline of it left. Otherwise (a wait for a POST slot, say) the
         claim is checked first (_keep_claim), which finds a claim that an edit revoked."""
-        elapsed = asyncio.get_running_loop().time() - self.leased
-        return elapsed < min(FRESH_LEASE, self.ctx.lease - self.ctx.deadline - 1.0)
+        return self._lease_age() < min(FRESH_LEASE, self.ctx.lease - self.ctx.deadline - 1.0)
 
     async def _keep_claim(self) -> None:
         """Make sure the claim is still ours and its lease outlasts the next POST with room to
@@ -198,12 +197,14 @@ class _Window:
     def _lease_covers_a_post(self) -> bool:
         """Whether what is left of the lease, by this worker's clock, covers a POST's deadline
         (checked right before the POST, after the body was encoded and signed)."""
-        elapsed = asyncio.get_running_loop().time() - self.leased
-        return elapsed < self.ctx.lease - self.ctx.deadline
+        return self._lease_age() < self.ctx.lease - self.ctx.deadline
 
     def _spare_left(self) -> bool:
-        elapsed = asyncio.get_running_loop().time() - self.leased
-        return elapsed < self.ctx.lease - self.ctx.deadline - self._spare()
+        return self._lease_age() < self.ctx.lease - self.ctx.deadline - self._spare()
+
+    def _lease_age(self) -> float:
+        """Seconds since the last take-over or extension was sent (the lease is no younger)."""
+        return asyncio.get_running_loop().time() - self.leased
 
     async def _claim_statement(self, statement: str, params: dict[str, Any]) -> bool:
         """Whether the statement found the claim (the read-ahead goes on either way: a claim
